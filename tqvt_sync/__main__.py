@@ -1,0 +1,3 @@
+from tqvt_sync.cli.main import main
+
+main()
