@@ -1,0 +1,1 @@
+"""State database: models, engine set-up and migrations."""
