@@ -1,0 +1,244 @@
+"""``tqvt sync``: the pull, lookup and push stages."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import click
+
+from tqvt_sync.cli.runtime import Runtime
+from tqvt_sync.errors import TemporaryStop
+from tqvt_sync.stages.common import StageContext, stop_on_signals
+
+_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str) -> datetime:
+    """Parse ``--since``: an ISO date or time (UTC when no zone is given) or an age like ``7d``."""
+    match = _DURATION.match(text.strip())
+    if match:
+        seconds = int(match.group(1)) * _UNITS[match.group(2)]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither a date like 2026-01-31 or 2026-01-31T08:00 nor an age like 7d"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_interval(text: str) -> float:
+    match = _DURATION.match(text.strip())
+    if match:
+        return float(int(match.group(1)) * _UNITS[match.group(2)])
+    if text.strip().isdigit():
+        return float(text.strip())
+    raise click.BadParameter(f"{text!r} is not an interval; use seconds or a form like 15m or 1h")
+
+
+def _types(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return ()
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+class Progress:
+    """A one-line progress display on a terminal; silent when stderr is not a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.total: int | None = None
+        self.remaining_today: int | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        done = event.get("indicators", 0)
+        parts = [f"lookup: {done}" + (f"/{self.total}" if self.total else "") + " indicators"]
+        parts.append(f"{event.get('calls', 0)} calls")
+        if self.remaining_today is not None:
+            parts.append(f"{max(self.remaining_today - event.get('calls', 0), 0)} calls left today")
+        if event.get("event") == "pacing":
+            parts.append(f"next call in {event['wait_seconds']:.0f}s")
+        sys.stderr.write("\r" + ", ".join(parts) + "\x1b[K")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _echo(ctx: click.Context, text: str) -> None:
+    click.echo(text)
+
+
+def _summary(stage: str, counts: dict[str, int]) -> str:
+    shown = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in counts.items())
+    return f"{stage}: {shown}"
+
+
+def _pull_options(since: str | None, collection: str | None, values_file: str | None,
+                  types: str | None) -> Any:
+    from tqvt_sync.stages.pull import PullOptions
+
+    return PullOptions(
+        since=parse_since(since) if since else None,
+        collection=collection,
+        values_file=values_file,
+        types=_types(types),
+    )
+
+
+def pull_options(func: Any) -> Any:
+    func = click.option("--types", metavar="LIST",
+                        help="Comma-separated ThreatQ type names to pull, e.g. 'MD5,FQDN'.")(func)
+    func = click.option("--values-file", type=click.Path(dir_okay=False), metavar="FILE",
+                        help="Watchlist file: one indicator value per line, # for comments.")(func)
+    func = click.option("--collection", metavar="ID",
+                        help="Pull a ThreatQ Data Collection (saved search) completely.")(func)
+    func = click.option("--since", metavar="WHEN",
+                        help="First run only: start at this UTC time or age (default 24h).")(func)
+    return func
+
+
+@click.group()
+def sync() -> None:
+    """Run the pull, lookup and push stages."""
+
+
+@sync.command("pull")
+@pull_options
+@click.pass_obj
+def pull_command(runtime: Runtime, since: str | None, collection: str | None,
+                 values_file: str | None, types: str | None) -> None:
+    """Read indicators from ThreatQ into the local queue and advance the cursor."""
+    from tqvt_sync.stages.pull import pull
+
+    options = _pull_options(since, collection, values_file, types)
+    ctx = runtime.stage_context()
+    with stop_on_signals(ctx.stop):
+        counts = pull(ctx, options)
+    _report(runtime, "pull", counts)
+
+
+@sync.command("lookup")
+@click.option("--wait", is_flag=True,
+              help="Sleep until the VirusTotal quota resets instead of exiting with code 75.")
+@click.option("--max-calls", type=click.IntRange(min=0), metavar="N",
+              help="Stop after N VirusTotal calls in this run.")
+@click.pass_obj
+def lookup_command(runtime: Runtime, wait: bool, max_calls: int | None) -> None:
+    """Look up due indicators in VirusTotal (cache first) and queue writes."""
+    counts = _run_lookup(runtime, wait=wait, max_calls=max_calls)
+    _report(runtime, "lookup", counts)
+
+
+def _run_lookup(runtime: Runtime, *, wait: bool, max_calls: int | None = None) -> dict[str, int]:
+    from tqvt_sync.stages.lookup import lookup
+
+    progress = Progress(enabled=not runtime.quiet)
+    ctx = runtime.stage_context(progress=progress)
+    _prime_progress(ctx, progress)
+    try:
+        with stop_on_signals(ctx.stop):
+            return lookup(ctx, wait=wait, max_calls=max_calls)
+    finally:
+        progress.finish()
+
+
+def _prime_progress(ctx: StageContext, progress: Progress) -> None:
+    if not progress.enabled:
+        return
+    from sqlalchemy import func, select
+
+    from tqvt_sync.db.models import Indicator
+    from tqvt_sync.stages.lookup import due_condition
+
+    with ctx.sessions() as session:
+        progress.total = session.scalar(
+            select(func.count()).select_from(Indicator).where(due_condition(ctx.clock.now())))
+
+
+@sync.command("push")
+@click.pass_obj
+def push_command(runtime: Runtime) -> None:
+    """Deliver queued writes to ThreatQ."""
+    from tqvt_sync.stages.push import push
+
+    ctx = runtime.stage_context()
+    with stop_on_signals(ctx.stop):
+        counts = push(ctx)
+    _report(runtime, "push", counts)
+
+
+@sync.command("run")
+@pull_options
+@click.option("--wait", is_flag=True,
+              help="Sleep through VirusTotal quota resets instead of exiting with code 75.")
+@click.option("--loop", "interval", metavar="INTERVAL",
+              help="Repeat the three stages every INTERVAL (e.g. 15m) until SIGTERM.")
+@click.pass_obj
+def run_command(runtime: Runtime, since: str | None, collection: str | None,
+                values_file: str | None, types: str | None, wait: bool,
+                interval: str | None) -> None:
+    """Run pull, lookup and push in order."""
+    options = _pull_options(since, collection, values_file, types)
+    if interval is None:
+        _run_once(runtime, options, wait=wait)
+        return
+    _run_loop(runtime, options, parse_interval(interval))
+
+
+def _run_once(runtime: Runtime, options: Any, *, wait: bool) -> None:
+    from tqvt_sync.stages.pull import pull
+    from tqvt_sync.stages.push import push
+
+    ctx = runtime.stage_context()
+    with stop_on_signals(ctx.stop):
+        _report(runtime, "pull", pull(ctx, options))
+        stopped: TemporaryStop | None = None
+        try:
+            _report(runtime, "lookup", _run_lookup(runtime, wait=wait))
+        except TemporaryStop as exc:
+            stopped = exc
+        _report(runtime, "push", push(ctx))
+    if stopped is not None:
+        raise stopped
+
+
+def _run_loop(runtime: Runtime, options: Any, interval: float) -> None:
+    """Repeat the stages; SIGTERM or SIGINT ends the loop between steps."""
+    import logging
+
+    logger = logging.getLogger("tqvt_sync.cli.sync")
+    terminated = {"flag": False}
+
+    def _stop(signum: int, _frame: Any) -> None:
+        terminated["flag"] = True
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not terminated["flag"]:
+            try:
+                _run_once(runtime, options, wait=True)
+            except TemporaryStop as exc:
+                logger.warning("%s", exc)
+            slept = 0.0
+            while slept < interval and not terminated["flag"]:
+                runtime.clock.sleep(min(1.0, interval - slept))
+                slept += 1.0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logger.info("loop stopped by signal")
+
+
+def _report(runtime: Runtime, stage: str, counts: dict[str, int]) -> None:
+    if not runtime.quiet:
+        click.echo(_summary(stage, counts))

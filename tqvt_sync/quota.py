@@ -1,0 +1,257 @@
+"""The persistent VirusTotal quota ledger and the local pacing rule.
+
+VirusTotal sends no rate-limit headers, so every process that shares a state
+database books each call in the ``quota_ledger`` row of its API key before the
+call is sent. Booking happens in a short transaction that holds the row's write
+lock (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on PostgreSQL),
+so no 60-second window ever holds more booked calls than the minute limit,
+however many processes or threads book at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tqvt_sync.clock import Clock
+from tqvt_sync.db.models import QuotaLedger
+from tqvt_sync.errors import QuotaExhaustedError
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60.0
+# Booked calls leave the window this much later than 60 s, so latency between
+# booking and arrival at VirusTotal cannot squeeze two windows into one.
+WINDOW_MARGIN_SECONDS = 1.0
+FALLBACK_MINUTE_LIMIT = 4
+FALLBACK_DAILY_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class QuotaLimits:
+    """Limits of one API key and where they came from."""
+
+    minute: int
+    daily: int
+    monthly: int | None
+    source: str
+    used_today: int | None = None
+    used_month: int | None = None
+
+
+@dataclass(frozen=True)
+class QuotaSnapshot:
+    """The ledger row of one key as ``tqvt status`` shows it."""
+
+    minute_limit: int
+    daily_limit: int
+    used_today: int
+    reserve: int
+    blocked_until: datetime | None
+    calls_in_window: int
+
+
+def key_hash(api_key: str) -> str:
+    """Return the SHA-256 hex digest that identifies ``api_key`` in the ledger."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def next_midnight(moment: datetime) -> datetime:
+    """Return the next 00:00 UTC after ``moment``."""
+    day = moment.astimezone(UTC).date() + timedelta(days=1)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def next_month_start(moment: datetime) -> datetime:
+    """Return 00:00 UTC on the first day of the month after ``moment``."""
+    moment = moment.astimezone(UTC)
+    if moment.month == 12:
+        return datetime(moment.year + 1, 1, 1, tzinfo=UTC)
+    return datetime(moment.year, moment.month + 1, 1, tzinfo=UTC)
+
+
+def limits_from_overall_quotas(data: dict[str, Any]) -> QuotaLimits:
+    """Derive limits from the ``data`` of ``GET /users/{key}/overall_quotas``.
+
+    VirusTotal reports hourly, daily and monthly allowances but no per-minute
+    one, so the minute limit is the hourly allowance divided by 60 (240 an hour
+    on a free key gives 4 a minute). When the key belongs to a group, the
+    smaller of the user's and the group's remaining allowance applies.
+    """
+
+    def entry(name: str) -> tuple[int | None, int | None]:
+        block = data.get(name) or {}
+        user = block.get("user") or {}
+        allowed, used = _as_int(user.get("allowed")), _as_int(user.get("used"))
+        group = block.get("group") or {}
+        group_allowed, group_used = _as_int(group.get("allowed")), _as_int(group.get("used"))
+        if allowed is not None and group_allowed is not None and group_used is not None:
+            spare = group_allowed - group_used
+            if used is not None and spare < allowed - used:
+                allowed = used + max(spare, 0)
+        return allowed, used
+
+    hourly, _ = entry("api_requests_hourly")
+    daily, used_today = entry("api_requests_daily")
+    monthly, used_month = entry("api_requests_monthly")
+    minute = max(1, hourly // 60) if hourly is not None else FALLBACK_MINUTE_LIMIT
+    return QuotaLimits(
+        minute=minute,
+        daily=daily if daily is not None else FALLBACK_DAILY_LIMIT,
+        monthly=monthly,
+        source="virustotal",
+        used_today=used_today,
+        used_month=used_month,
+    )
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+class Ledger:
+    """Books VirusTotal calls for one API key in the shared database."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], api_key: str, clock: Clock, *, reserve: int = 0
+    ) -> None:
+        self._sessions = sessions
+        self._key_hash = key_hash(api_key)
+        self._clock = clock
+        self.reserve = reserve
+
+    def _load(self, session: Session, now: datetime) -> QuotaLedger:
+        row = session.execute(
+            select(QuotaLedger).where(QuotaLedger.key_hash == self._key_hash).with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            row = QuotaLedger(
+                key_hash=self._key_hash,
+                minute_limit=FALLBACK_MINUTE_LIMIT,
+                daily_limit=FALLBACK_DAILY_LIMIT,
+                monthly_limit=None,
+                limits_source="fallback",
+                recent_calls=[],
+                day=now.date().isoformat(),
+                used_today=0,
+                month=now.strftime("%Y-%m"),
+                used_month=0,
+            )
+            session.add(row)
+        self._roll_over(row, now)
+        return row
+
+    @staticmethod
+    def _roll_over(row: QuotaLedger, now: datetime) -> None:
+        today, month = now.date().isoformat(), now.strftime("%Y-%m")
+        if row.day != today:
+            row.day, row.used_today = today, 0
+        if row.month != month:
+            row.month, row.used_month = month, 0
+        if row.blocked_until is not None and now >= row.blocked_until:
+            row.blocked_until, row.blocked_scope = None, None
+        cutoff = now - timedelta(seconds=WINDOW_SECONDS + WINDOW_MARGIN_SECONDS)
+        recent = [stamp for stamp in row.recent_calls if datetime.fromisoformat(stamp) > cutoff]
+        if recent != row.recent_calls:
+            row.recent_calls = recent
+
+    def apply_limits(self, limits: QuotaLimits) -> None:
+        """Store ``limits``; counts VirusTotal reports as used raise the local counts."""
+        now = self._clock.now()
+        with self._sessions.begin() as session:
+            row = self._load(session, now)
+            row.minute_limit, row.daily_limit = limits.minute, limits.daily
+            row.monthly_limit, row.limits_source = limits.monthly, limits.source
+            row.limits_read_at = now
+            if limits.used_today is not None and limits.used_today > row.used_today:
+                row.used_today = limits.used_today
+            if limits.used_month is not None and limits.used_month > row.used_month:
+                row.used_month = limits.used_month
+
+    def check_blocked(self) -> None:
+        """Raise QuotaExhaustedError when no call may be booked before a reset."""
+        now = self._clock.now()
+        with self._sessions.begin() as session:
+            self._raise_if_exhausted(self._load(session, now), now)
+
+    def _raise_if_exhausted(self, row: QuotaLedger, now: datetime) -> None:
+        if row.blocked_until is not None:
+            raise _exhausted(row.blocked_scope or "daily", row.blocked_until)
+        if row.used_today >= max(row.daily_limit - self.reserve, 0):
+            raise _exhausted("daily", next_midnight(now), reserve=self.reserve)
+        if row.monthly_limit is not None and row.used_month >= row.monthly_limit:
+            raise _exhausted("monthly", next_month_start(now))
+
+    def try_book(self) -> float:
+        """Book one call now and return 0, or return the seconds to wait for a free slot.
+
+        Raises QuotaExhaustedError when the daily (minus the reserve) or monthly
+        allowance is spent or VirusTotal reported it spent.
+        """
+        now = self._clock.now()
+        with self._sessions.begin() as session:
+            row = self._load(session, now)
+            self._raise_if_exhausted(row, now)
+            if len(row.recent_calls) >= row.minute_limit:
+                oldest = min(datetime.fromisoformat(stamp) for stamp in row.recent_calls)
+                window_end = oldest + timedelta(seconds=WINDOW_SECONDS + WINDOW_MARGIN_SECONDS)
+                return max((window_end - now).total_seconds(), 0.001)
+            row.recent_calls = [*row.recent_calls, now.isoformat()]
+            row.used_today += 1
+            row.used_month += 1
+            return 0.0
+
+    def book(self, *, on_wait: Any = None) -> None:
+        """Book one call, sleeping on the clock until the minute window has room."""
+        while True:
+            delay = self.try_book()
+            if delay <= 0:
+                return
+            if on_wait is not None:
+                on_wait(delay)
+            self._clock.sleep(delay)
+
+    def block(self, scope: str, until: datetime) -> None:
+        """Persist that VirusTotal reported the ``scope`` quota spent until ``until``."""
+        now = self._clock.now()
+        with self._sessions.begin() as session:
+            row = self._load(session, now)
+            row.blocked_until, row.blocked_scope = until, scope
+            if scope == "daily":
+                row.used_today = max(row.used_today, row.daily_limit)
+        logger.warning("VirusTotal %s quota spent; no call before %s", scope, until.isoformat())
+
+    def snapshot(self) -> QuotaSnapshot:
+        now = self._clock.now()
+        with self._sessions.begin() as session:
+            row = self._load(session, now)
+            return QuotaSnapshot(
+                minute_limit=row.minute_limit,
+                daily_limit=row.daily_limit,
+                used_today=row.used_today,
+                reserve=self.reserve,
+                blocked_until=row.blocked_until,
+                calls_in_window=len(row.recent_calls),
+            )
+
+    def remaining_today(self) -> int:
+        snap = self.snapshot()
+        return max(snap.daily_limit - snap.reserve - snap.used_today, 0)
+
+
+def _exhausted(scope: str, until: datetime, *, reserve: int = 0) -> QuotaExhaustedError:
+    local = until.astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    detail = f" (keeping a reserve of {reserve} calls)" if reserve else ""
+    message = (
+        f"The VirusTotal {scope} quota is spent{detail}; nothing is lost, and a rerun after "
+        f"{until.strftime('%Y-%m-%d %H:%M')} UTC ({local} local time) carries on."
+    )
+    return QuotaExhaustedError(message, blocked_until=until, scope=scope)

@@ -1,0 +1,188 @@
+"""What every stage shares: the context it runs in, its lock and its run record."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from tqvt_sync.clock import Clock, SystemClock
+from tqvt_sync.db.engine import is_sqlite, session_factory, sqlite_path
+from tqvt_sync.db.models import Counter, Run
+from tqvt_sync.errors import StageBusyError
+from tqvt_sync.logs import log_event
+
+logger = logging.getLogger(__name__)
+
+
+class StopRequested:
+    """A flag that SIGINT and SIGTERM set; stages check it between units of work."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs: settings, database, clock and client factories."""
+
+    settings: Any
+    engine: Engine
+    clock: Clock = field(default_factory=SystemClock)
+    threatq_factory: Callable[[], Any] | None = None
+    virustotal_factory: Callable[[], Any] | None = None
+    stop: StopRequested = field(default_factory=StopRequested)
+    progress: Callable[[dict[str, Any]], None] | None = None
+    worker_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def __post_init__(self) -> None:
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+
+    def threatq(self) -> Any:
+        assert self.threatq_factory is not None, "no ThreatQ client factory configured"
+        return self.threatq_factory()
+
+    def virustotal(self) -> Any:
+        assert self.virustotal_factory is not None, "no VirusTotal client factory configured"
+        return self.virustotal_factory()
+
+
+@contextmanager
+def stage_lock(ctx: StageContext, stage: str, *, exclusive_on_postgres: bool) -> Iterator[None]:
+    """Hold the lock of ``stage`` on this database for the duration of the block.
+
+    On SQLite an ``flock`` on a file beside the database admits one process per
+    stage; the kernel releases it when the process dies, even by SIGKILL. On
+    PostgreSQL, stages that claim rows with SKIP LOCKED run in parallel, and the
+    others take a session-level advisory lock that a dropped connection frees.
+    Raises StageBusyError when another process holds the lock.
+    """
+    path = sqlite_path(str(ctx.engine.url))
+    if is_sqlite(ctx.engine):
+        if path is None:
+            yield
+            return
+        with _file_lock(f"{path}.{stage}.lock", stage):
+            yield
+        return
+    if not exclusive_on_postgres:
+        yield
+        return
+    with ctx.engine.connect() as connection:
+        key = _advisory_key(stage)
+        acquired = connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        connection.commit()
+        if not acquired:
+            raise _busy(stage)
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            connection.commit()
+
+
+@contextmanager
+def _file_lock(lock_path: str, stage: str) -> Iterator[None]:
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _busy(stage) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _busy(stage: str) -> StageBusyError:
+    return StageBusyError(
+        f"Another tqvt process is running 'sync {stage}' on this database; "
+        "rerun when it has finished (nothing is lost)."
+    )
+
+
+def _advisory_key(stage: str) -> int:
+    # A stable 63-bit key per stage name, in a range unlikely to meet other users.
+    return 0x7471_7674_0000 + sum(ord(char) for char in stage)
+
+
+@contextmanager
+def recorded_run(ctx: StageContext, stage: str, counts: dict[str, int]) -> Iterator[str]:
+    """Record a run of ``stage`` with its counts and outcome; log its start and end."""
+    run_id = str(uuid.uuid4())
+    started = ctx.clock.now()
+    monotonic_start = time.monotonic()
+    with ctx.sessions.begin() as session:
+        session.add(Run(
+            id=run_id, stage=stage, started_at=started, counts={}, pid=os.getpid(),
+            host=socket.gethostname(),
+        ))
+    log_event(logger, logging.INFO, f"{stage} started", stage=stage, run_id=run_id)
+    outcome = "failed"
+    try:
+        yield run_id
+        outcome = "ok"
+    except BaseException as exc:
+        outcome = "stopped" if getattr(exc, "exit_code", 1) == 75 else "failed"
+        raise
+    finally:
+        with ctx.sessions.begin() as session:
+            run = session.get(Run, run_id)
+            if run is not None:
+                run.ended_at, run.outcome, run.counts = ctx.clock.now(), outcome, dict(counts)
+        log_event(
+            logger, logging.INFO, f"{stage} finished", stage=stage, run_id=run_id,
+            outcome=outcome, duration_s=round(time.monotonic() - monotonic_start, 3), **counts,
+        )
+
+
+def add_to_counters(session: Session, deltas: dict[str, int]) -> None:
+    """Add ``deltas`` to the named counters in the current transaction."""
+    for name, delta in deltas.items():
+        if not delta:
+            continue
+        row = session.execute(select(Counter).where(Counter.name == name)).scalar_one_or_none()
+        if row is None:
+            session.add(Counter(name=name, value=delta))
+        else:
+            row.value += delta
+
+
+@contextmanager
+def stop_on_signals(stop: StopRequested) -> Iterator[None]:
+    """Set ``stop`` on SIGINT or SIGTERM while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _handler(signum: int, _frame: Any) -> None:
+        logger.warning("received %s; stopping after the current step", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

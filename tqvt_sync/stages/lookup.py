@@ -1,0 +1,360 @@
+"""The lookup stage: VirusTotal verdicts for due indicators, cache first, within quota.
+
+Indicators are grouped by VirusTotal identifier, so any number of indicators
+with one identifier cost at most one call. A group is served from the cache
+when a fresh entry exists; otherwise one call is booked in the quota ledger,
+sent, and its answer, the verdicts and the queued writes are committed in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from tqvt_sync.db.engine import is_sqlite
+from tqvt_sync.db.models import Indicator
+from tqvt_sync.errors import (
+    AuthenticationError,
+    PermanentApiError,
+    QuotaExhaustedError,
+    ResponseFormatError,
+    RetriableApiError,
+    ServiceUnavailableError,
+)
+from tqvt_sync.http import backoff_delay
+from tqvt_sync.logs import escape, log_event
+from tqvt_sync.quota import (
+    FALLBACK_DAILY_LIMIT,
+    FALLBACK_MINUTE_LIMIT,
+    Ledger,
+    QuotaLimits,
+    limits_from_overall_quotas,
+    next_midnight,
+    next_month_start,
+)
+from tqvt_sync.stages.cache import find_fresh, store_answer
+from tqvt_sync.stages.common import StageContext, add_to_counters, recorded_run, stage_lock
+from tqvt_sync.stages.verdicts import apply_answer
+from tqvt_sync.virustotal.attributes import summarize
+from tqvt_sync.virustotal.client import VtQuotaError
+
+logger = logging.getLogger(__name__)
+
+BATCH_IDENTIFIERS = 200
+MAX_ATTEMPTS = 5
+MINUTE_RETRY_SECONDS = 61.0
+# A 429 that the quotas endpoint cannot explain is retried this often before
+# the run stops, so a misreported quota cannot turn into a loop of calls.
+MAX_UNEXPLAINED_429 = 3
+PERMANENT_ERROR_RETRY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Due indicators that share one VirusTotal identifier."""
+
+    kind: str
+    identifier: str
+    indicator_ids: tuple[int, ...]
+
+
+def due_condition(now: datetime) -> Any:
+    return (Indicator.status.in_(("pending", "looked_up", "not_found"))) & or_(
+        Indicator.next_lookup_at.is_(None), Indicator.next_lookup_at <= now
+    )
+
+
+def due_groups(session: Session, now: datetime, limit: int) -> list[Group]:
+    """Return up to ``limit`` groups in backlog order.
+
+    Order: never looked up first, then the longest overdue; within each, a
+    higher ThreatQ score first.
+    """
+    rows = session.execute(
+        select(Indicator.id, Indicator.kind, Indicator.identifier)
+        .where(due_condition(now), Indicator.identifier.is_not(None))
+        .order_by(
+            Indicator.next_lookup_at.is_not(None),
+            Indicator.next_lookup_at,
+            Indicator.tq_score.desc().nulls_last(),
+            Indicator.id,
+        )
+        .limit(limit * 4)
+    ).all()
+    groups: dict[tuple[str, str], list[int]] = {}
+    for indicator_id, kind, identifier in rows:
+        key = (kind, identifier)
+        if key not in groups and len(groups) >= limit:
+            continue
+        groups.setdefault(key, []).append(indicator_id)
+    return [Group(kind, ident, tuple(ids)) for (kind, ident), ids in groups.items()]
+
+
+class Lookup:
+    """One run of the lookup stage."""
+
+    def __init__(self, ctx: StageContext, *, wait: bool = False, max_calls: int | None = None):
+        self.ctx = ctx
+        self.wait = wait
+        self.max_calls = max_calls
+        self.client = ctx.virustotal()
+        settings = ctx.settings
+        self.ledger = Ledger(ctx.sessions, settings.vt_api_key, ctx.clock,
+                             reserve=settings.daily_reserve)
+        self.counts = {"identifiers": 0, "indicators": 0, "calls": 0, "cache_hits": 0,
+                       "not_found": 0, "queued_writes": 0, "errors": 0}
+        self._unexplained_429 = 0
+        self._rng = random.Random()
+
+    # -- quota ------------------------------------------------------------
+
+    def read_limits(self) -> None:
+        """Read limits from VirusTotal (free of quota); settings override, fallback 4 and 500."""
+        settings = self.ctx.settings
+        try:
+            limits = limits_from_overall_quotas(self.client.fetch_overall_quotas())
+        except AuthenticationError:
+            raise
+        except Exception as exc:  # any failure of this free endpoint falls back to defaults
+            log_event(logger, logging.WARNING, "quota limits unavailable; using fallback",
+                      error=escape(exc))
+            limits = QuotaLimits(FALLBACK_MINUTE_LIMIT, FALLBACK_DAILY_LIMIT, None, "fallback")
+        if settings.minute_limit is not None or settings.daily_limit is not None:
+            limits = QuotaLimits(
+                minute=settings.minute_limit or limits.minute,
+                daily=settings.daily_limit or limits.daily,
+                monthly=limits.monthly,
+                source="settings",
+                used_today=limits.used_today,
+                used_month=limits.used_month,
+            )
+        self.ledger.apply_limits(limits)
+
+    def _wait_or_raise(self, exc: QuotaExhaustedError) -> None:
+        if not self.wait:
+            raise exc
+        log_event(logger, logging.INFO, "sleeping until the quota resets",
+                  until=exc.blocked_until.isoformat())
+        while self.ctx.clock.now() < exc.blocked_until:
+            if self.ctx.stop.is_set():
+                raise exc
+            remaining = (exc.blocked_until - self.ctx.clock.now()).total_seconds()
+            self.ctx.clock.sleep(min(remaining, 30.0))
+        self.read_limits()
+
+    def _explain_429(self) -> None:
+        """Ask the quotas endpoint which quota a 429 QuotaExceededError refers to."""
+        now = self.ctx.clock.now()
+        try:
+            data = self.client.fetch_overall_quotas()
+        except Exception as exc:  # the free endpoint failing leaves the 429 unexplained
+            log_event(logger, logging.WARNING, "quota endpoint failed after 429", error=escape(exc))
+            data = {}
+        limits = limits_from_overall_quotas(data) if data else None
+        if limits is not None and limits.monthly is not None and limits.used_month is not None \
+                and limits.used_month >= limits.monthly:
+            self.ledger.block("monthly", next_month_start(now))
+        elif data and limits is not None and limits.used_today is not None \
+                and limits.used_today >= limits.daily:
+            self.ledger.block("daily", next_midnight(now))
+        else:
+            self._unexplained_429 += 1
+            if self._unexplained_429 > MAX_UNEXPLAINED_429:
+                raise ServiceUnavailableError(
+                    "VirusTotal keeps answering 429 QuotaExceededError although the quotas "
+                    "endpoint shows calls left; rerun later."
+                )
+            log_event(logger, logging.WARNING, "per-minute quota hit; waiting",
+                      seconds=MINUTE_RETRY_SECONDS)
+            self.ctx.clock.sleep(MINUTE_RETRY_SECONDS + self._rng.uniform(0, 5))
+            return
+        self.ledger.check_blocked()
+
+    # -- one identifier ----------------------------------------------------
+
+    def fetch(self, group: Group) -> Any:
+        """Book and send the call for ``group``; retry temporary failures with backoff."""
+        attempt = 0
+        while True:
+            if self.ctx.stop.is_set():
+                return None
+            self.ledger.book(on_wait=self._report_wait)
+            self.counts["calls"] += 1
+            try:
+                answer = self.client.fetch_object(group.kind, group.identifier)
+                self._unexplained_429 = 0
+                return answer
+            except VtQuotaError:
+                self._explain_429()
+            except (RetriableApiError, ResponseFormatError) as exc:
+                attempt += 1
+                log_event(logger, logging.WARNING, "VirusTotal call failed; retrying",
+                          identifier=escape(group.identifier), status=exc.status,
+                          attempt=attempt, error=escape(exc))
+                if attempt >= MAX_ATTEMPTS:
+                    raise ServiceUnavailableError(
+                        f"VirusTotal failed {attempt} times in a row ({exc}); rerun later."
+                    ) from None
+                delay = exc.retry_after or backoff_delay(attempt, base=2.0, cap=120.0)
+                self.ctx.clock.sleep(delay)
+
+    def _report_wait(self, delay: float) -> None:
+        if self.ctx.progress is not None:
+            self.ctx.progress({"event": "pacing", "wait_seconds": delay, **self.counts})
+
+    def serve_from_cache(self, session: Session, group: Group, now: datetime) -> bool:
+        cached = find_fresh(session, group.kind, group.identifier, now)
+        if cached is None:
+            return False
+        indicators = self._claim(session, group, now)
+        if not indicators:
+            return True
+        cached.hits += len(indicators)
+        self.counts["queued_writes"] += apply_answer(session, self.ctx.settings, indicators,
+                                                     cached, now)
+        add_to_counters(session, {"cache_hits": len(indicators), "vt_calls_saved": len(indicators)})
+        self.counts["cache_hits"] += len(indicators)
+        self.counts["indicators"] += len(indicators)
+        return True
+
+    def _claim(self, session: Session, group: Group, now: datetime) -> list[Indicator]:
+        query = (
+            select(Indicator)
+            .where(Indicator.id.in_(group.indicator_ids), due_condition(now),
+                   Indicator.kind == group.kind, Indicator.identifier == group.identifier)
+            .order_by(Indicator.id)
+        )
+        if not is_sqlite(self.ctx.engine):
+            query = query.with_for_update(skip_locked=True)
+        return list(session.execute(query).scalars())
+
+    def process(self, group: Group) -> None:
+        with self._group_session() as session:
+            now = self.ctx.clock.now()
+            if self.serve_from_cache(session, group, now):
+                return
+            if is_sqlite(self.ctx.engine):
+                # Release SQLite's write lock before the network call.
+                session.commit()
+            elif not self._claim(session, group, now):
+                return
+            try:
+                answer = self.fetch(group)
+            except PermanentApiError as exc:
+                self._record_permanent_error(session, group, exc)
+                return
+            if answer is None:
+                return
+            self._store(session, group, answer)
+
+    @contextmanager
+    def _group_session(self) -> Iterator[Session]:
+        """A session for one group.
+
+        PostgreSQL keeps the transaction open across the call, so the row locks
+        taken with SKIP LOCKED keep other workers off this identifier; a worker
+        that dies drops its connection and the locks with it. SQLite runs one
+        lookup process at a time (the stage lock), so it reads without a write
+        lock and writes the answer in a short transaction afterwards.
+        """
+        session = self.ctx.sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _store(self, session: Session, group: Group, answer: Any) -> None:
+        now = self.ctx.clock.now()
+        settings = self.ctx.settings
+        summary = summarize(group.kind, answer.data) if answer.found else None
+        ttl = settings.cache_ttl if answer.found else settings.not_found_ttl
+        cached = store_answer(session, kind=group.kind, identifier=group.identifier,
+                              summary=summary, now=now, ttl=ttl)
+        indicators = self._claim(session, group, now)
+        self.counts["queued_writes"] += apply_answer(session, settings, indicators, cached, now)
+        saved = max(len(indicators) - 1, 0)
+        add_to_counters(session, {"cache_misses": 1, "vt_calls_saved": saved})
+        self.counts["identifiers"] += 1
+        self.counts["indicators"] += len(indicators)
+        if not answer.found:
+            self.counts["not_found"] += 1
+
+    def _record_permanent_error(self, session: Session, group: Group, exc: PermanentApiError) -> None:
+        now = self.ctx.clock.now()
+        for indicator in self._claim(session, group, now):
+            indicator.reason = f"VirusTotal rejected the lookup: {exc}"
+            indicator.next_lookup_at = now + PERMANENT_ERROR_RETRY
+        self.counts["errors"] += 1
+        log_event(logger, logging.WARNING, "VirusTotal rejected a lookup",
+                  identifier=escape(group.identifier), status=exc.status, error=escape(exc))
+
+    # -- the run -----------------------------------------------------------
+
+    def run(self) -> dict[str, int]:
+        self.read_limits()
+        concurrency = max(1, int(self.ctx.settings.vt_concurrency))
+        executor = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
+        try:
+            while not self.ctx.stop.is_set():
+                try:
+                    self.ledger.check_blocked()
+                except QuotaExhaustedError as exc:
+                    self._wait_or_raise(exc)
+                    continue
+                with self.ctx.sessions() as session:
+                    groups = due_groups(session, self.ctx.clock.now(), BATCH_IDENTIFIERS)
+                if not groups:
+                    return self.counts
+                if self.max_calls is not None and self.counts["calls"] >= self.max_calls:
+                    return self.counts
+                try:
+                    self._run_batch(groups, executor)
+                except QuotaExhaustedError as exc:
+                    self._wait_or_raise(exc)
+            return self.counts
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    def _run_batch(self, groups: list[Group], executor: ThreadPoolExecutor | None) -> None:
+        if executor is None:
+            for group in groups:
+                if self.ctx.stop.is_set():
+                    return
+                if self.max_calls is not None and self.counts["calls"] >= self.max_calls:
+                    return
+                self.process(group)
+                self._report_progress()
+            return
+        for _ in executor.map(self.process, groups):
+            self._report_progress()
+
+    def _report_progress(self) -> None:
+        if self.ctx.progress is not None:
+            self.ctx.progress({"event": "progress", **self.counts})
+
+
+def lookup(ctx: StageContext, *, wait: bool = False, max_calls: int | None = None) -> dict[str, int]:
+    """Run the lookup stage; return its counts.
+
+    Raises QuotaExhaustedError (exit 75) when the daily or monthly quota is
+    spent, unless ``wait`` is set, in which case it sleeps until the reset.
+    """
+    with stage_lock(ctx, "lookup", exclusive_on_postgres=False):
+        stage = Lookup(ctx, wait=wait, max_calls=max_calls)
+        with recorded_run(ctx, "lookup", stage.counts):
+            return stage.run()
