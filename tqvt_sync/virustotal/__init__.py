@@ -1,0 +1,1 @@
+"""VirusTotal v3: identifiers, verdicts and attribute values (pure), and the HTTP client."""
