@@ -43,6 +43,7 @@ def upgrade() -> None:
     sa.Column('pulled_at', sa.DateTime(), nullable=False, comment='last time a pull saw it'),
     sa.Column('looked_up_at', sa.DateTime(), nullable=True, comment='last time a verdict was computed for it'),
     sa.Column('next_lookup_at', sa.DateTime(), nullable=True, comment='when the indicator is due for lookup; NULL means never looked up'),
+    sa.Column('carries_vt_names', sa.Boolean(), nullable=False, comment='true when the pulled indicator already had an attribute name tqvt writes'),
     sa.CheckConstraint("kind IS NULL OR kind IN ('file', 'url', 'domain', 'ip_address')", name=op.f('ck_indicators_kind')),
     sa.CheckConstraint("status IN ('pending', 'looked_up', 'not_found', 'unsupported', 'invalid', 'skipped')", name=op.f('ck_indicators_status')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_indicators'))

@@ -25,7 +25,7 @@ def demo(runtime: Runtime, keep: bool) -> None:
     from tqvt_sync.config import load_settings
     from tqvt_sync.sandbox import running_simulators
     from tqvt_sync.sandbox.seed import seed_demo
-    from tqvt_sync.sandbox.virustotal import QuotaPlan
+    from tqvt_sync.sandbox import DEFAULT_API_KEY, QuotaPlan
 
     started = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="tqvt-demo-")
@@ -36,13 +36,14 @@ def demo(runtime: Runtime, keep: bool) -> None:
         settings = dataclasses.replace(
             base,
             threatq_url=tq.url,
-            threatq_client_id=tq.client_id,
-            threatq_email=tq.email,
-            threatq_password=tq.password,
-            vt_api_key=next(iter(vt.keys)),
+            threatq_client_id=tq.credentials.client_id,
+            threatq_email=tq.credentials.email,
+            threatq_password=tq.credentials.password,
+            vt_api_key=DEFAULT_API_KEY,
             vt_api_url=vt.url,
             db=runtime.options.get("db") or f"{workdir}/demo.db",
             vt_concurrency=4,
+            log_level=runtime.options.get("log_level") or "WARNING",
         )
         demo_runtime = Runtime(options={}, settings_override=settings, quiet=runtime.quiet)
         try:

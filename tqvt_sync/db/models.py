@@ -109,6 +109,10 @@ class Indicator(Base):
     next_lookup_at: Mapped[datetime | None] = mapped_column(
         UTCDateTime, comment="when the indicator is due for lookup; NULL means never looked up",
     )
+    carries_vt_names: Mapped[bool] = mapped_column(
+        Boolean, default=False,
+        comment="true when the pulled indicator already had an attribute name tqvt writes",
+    )
 
 
 class VtObject(Base):
