@@ -209,15 +209,24 @@ class Ledger:
             row.used_month += 1
             return 0.0
 
-    def book(self, *, on_wait: Any = None) -> None:
-        """Book one call, sleeping on the clock until the minute window has room."""
+    def book(self, *, on_wait: Any = None, should_stop: Any = None) -> bool:
+        """Book one call, sleeping on the clock until the minute window has room.
+
+        Sleeps in steps of at most one second and returns False without booking
+        as soon as ``should_stop()`` is true; returns True once a call is booked.
+        """
         while True:
             delay = self.try_book()
             if delay <= 0:
-                return
+                return True
             if on_wait is not None:
                 on_wait(delay)
-            self._clock.sleep(delay)
+            while delay > 0:
+                if should_stop is not None and should_stop():
+                    return False
+                step = min(delay, 1.0)
+                self._clock.sleep(step)
+                delay -= step
 
     def block(self, scope: str, until: datetime) -> None:
         """Persist that VirusTotal reported the ``scope`` quota spent until ``until``."""

@@ -24,7 +24,7 @@ from tqvt_sync.db import migrate
 from tqvt_sync.db.engine import display_url, make_engine, tighten_sqlite_files, translate_db_errors
 from tqvt_sync.http import check_url
 from tqvt_sync.logs import register_secret, setup_logging
-from tqvt_sync.stages.common import StageContext
+from tqvt_sync.stages.common import StageContext, StopRequested
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class Runtime:
     quiet: bool = False
     clock: Clock = field(default_factory=SystemClock)
     settings_override: Settings | None = None
+    stop: StopRequested = field(default_factory=StopRequested)
     _settings: Settings | None = None
     _engine: Engine | None = None
 
@@ -64,8 +65,8 @@ class Runtime:
         """Return the engine, creating the schema in an empty database."""
         if self._engine is None:
             url = database_url(self.settings)
-            engine = make_engine(url, pool_size=max(5, self.settings.vt_concurrency + 2))
             with translate_db_errors(display_url(url)):
+                engine = make_engine(url, pool_size=max(5, self.settings.vt_concurrency + 2))
                 if migrate_empty:
                     migrate.ensure_schema(engine)
                 tighten_sqlite_files(engine)
@@ -110,6 +111,7 @@ class Runtime:
             clock=self.clock,
             threatq_factory=self.threatq_client,
             virustotal_factory=self.virustotal_client,
+            stop=self.stop,
             progress=progress,
         )
 

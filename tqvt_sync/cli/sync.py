@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import re
-import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +13,8 @@ import click
 from tqvt_sync.cli.runtime import Runtime
 from tqvt_sync.errors import TemporaryStop
 from tqvt_sync.stages.common import StageContext, stop_on_signals
+
+logger = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -74,10 +76,6 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def _echo(ctx: click.Context, text: str) -> None:
-    click.echo(text)
-
-
 def _summary(stage: str, counts: dict[str, int]) -> str:
     shown = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in counts.items())
     return f"{stage}: {shown}"
@@ -87,6 +85,8 @@ def _pull_options(since: str | None, collection: str | None, values_file: str | 
                   types: str | None) -> Any:
     from tqvt_sync.stages.pull import PullOptions
 
+    if collection is not None and values_file is not None:
+        raise click.UsageError("Use either --collection or --values-file, not both.")
     return PullOptions(
         since=parse_since(since) if since else None,
         collection=collection,
@@ -122,9 +122,10 @@ def pull_command(runtime: Runtime, since: str | None, collection: str | None,
 
     options = _pull_options(since, collection, values_file, types)
     ctx = runtime.stage_context()
-    with stop_on_signals(ctx.stop):
+    with stop_on_signals(runtime.stop):
         counts = pull(ctx, options)
     _report(runtime, "pull", counts)
+    _raise_if_stopped(runtime)
 
 
 @sync.command("lookup")
@@ -135,8 +136,10 @@ def pull_command(runtime: Runtime, since: str | None, collection: str | None,
 @click.pass_obj
 def lookup_command(runtime: Runtime, wait: bool, max_calls: int | None) -> None:
     """Look up due indicators in VirusTotal (cache first) and queue writes."""
-    counts = _run_lookup(runtime, wait=wait, max_calls=max_calls)
+    with stop_on_signals(runtime.stop):
+        counts = _run_lookup(runtime, wait=wait, max_calls=max_calls)
     _report(runtime, "lookup", counts)
+    _raise_if_stopped(runtime)
 
 
 def _run_lookup(runtime: Runtime, *, wait: bool, max_calls: int | None = None) -> dict[str, int]:
@@ -146,8 +149,7 @@ def _run_lookup(runtime: Runtime, *, wait: bool, max_calls: int | None = None) -
     ctx = runtime.stage_context(progress=progress)
     _prime_progress(ctx, progress)
     try:
-        with stop_on_signals(ctx.stop):
-            return lookup(ctx, wait=wait, max_calls=max_calls)
+        return lookup(ctx, wait=wait, max_calls=max_calls)
     finally:
         progress.finish()
 
@@ -172,9 +174,10 @@ def push_command(runtime: Runtime) -> None:
     from tqvt_sync.stages.push import push
 
     ctx = runtime.stage_context()
-    with stop_on_signals(ctx.stop):
+    with stop_on_signals(runtime.stop):
         counts = push(ctx)
     _report(runtime, "push", counts)
+    _raise_if_stopped(runtime)
 
 
 @sync.command("run")
@@ -189,54 +192,58 @@ def run_command(runtime: Runtime, since: str | None, collection: str | None,
                 interval: str | None) -> None:
     """Run pull, lookup and push in order."""
     options = _pull_options(since, collection, values_file, types)
-    if interval is None:
-        _run_once(runtime, options, wait=wait)
-        return
-    _run_loop(runtime, options, parse_interval(interval))
+    with stop_on_signals(runtime.stop):
+        if interval is None:
+            _run_once(runtime, options, wait=wait)
+        else:
+            _run_loop(runtime, options, parse_interval(interval))
+            return
+    _raise_if_stopped(runtime)
 
 
 def _run_once(runtime: Runtime, options: Any, *, wait: bool) -> None:
+    """Run pull, lookup and push; push still runs when lookup stops early."""
     from tqvt_sync.stages.pull import pull
     from tqvt_sync.stages.push import push
 
     ctx = runtime.stage_context()
-    with stop_on_signals(ctx.stop):
-        _report(runtime, "pull", pull(ctx, options))
-        stopped: TemporaryStop | None = None
-        try:
-            _report(runtime, "lookup", _run_lookup(runtime, wait=wait))
-        except TemporaryStop as exc:
-            stopped = exc
+    _report(runtime, "pull", pull(ctx, options))
+    if runtime.stop.is_set():
+        return
+    stopped: TemporaryStop | None = None
+    try:
+        _report(runtime, "lookup", _run_lookup(runtime, wait=wait))
+    except TemporaryStop as exc:
+        stopped = exc
+    if not runtime.stop.is_set():
         _report(runtime, "push", push(ctx))
     if stopped is not None:
         raise stopped
 
 
 def _run_loop(runtime: Runtime, options: Any, interval: float) -> None:
-    """Repeat the stages; SIGTERM or SIGINT ends the loop between steps."""
-    import logging
+    """Repeat the stages every ``interval`` seconds until SIGTERM or SIGINT.
 
-    logger = logging.getLogger("tqvt_sync.cli.sync")
-    terminated = {"flag": False}
-
-    def _stop(signum: int, _frame: Any) -> None:
-        terminated["flag"] = True
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not terminated["flag"]:
-            try:
-                _run_once(runtime, options, wait=True)
-            except TemporaryStop as exc:
-                logger.warning("%s", exc)
-            slept = 0.0
-            while slept < interval and not terminated["flag"]:
-                runtime.clock.sleep(min(1.0, interval - slept))
-                slept += 1.0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    Quota resets are slept through; other temporary stops are logged and the
+    loop carries on at the next interval.
+    """
+    while not runtime.stop.is_set():
+        try:
+            _run_once(runtime, options, wait=True)
+        except TemporaryStop as exc:
+            logger.warning("%s", exc)
+        slept = 0.0
+        while slept < interval and not runtime.stop.is_set():
+            step = min(1.0, interval - slept)
+            runtime.clock.sleep(step)
+            slept += step
     logger.info("loop stopped by signal")
+
+
+def _raise_if_stopped(runtime: Runtime) -> None:
+    if runtime.stop.is_set():
+        raise TemporaryStop("Stopped by a signal after a committed step; nothing is lost, "
+                            "rerun to carry on.")
 
 
 def _report(runtime: Runtime, stage: str, counts: dict[str, int]) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tqvt_sync.errors import StateError
+from tqvt_sync.errors import ServiceUnavailableError, StateError
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -99,10 +99,21 @@ def translate_db_errors(display_name: str) -> Iterator[None]:
     """Turn driver errors that mean a broken database into StateError."""
     try:
         yield
+    except OSError as exc:
+        raise StateError(
+            f"Cannot create the state database {display_name}: {exc.strerror}. Check the "
+            "path in TQVT_DB and the permissions of its directory."
+        ) from None
     except OperationalError as exc:
         text = str(exc.orig)
         if "locked" in text:
             raise
+        if any(word in text.lower() for word in ("connection refused", "could not connect",
+                                                  "connection failed", "timeout expired")):
+            raise ServiceUnavailableError(
+                f"The state database server {display_name} is unreachable ({text.strip()}); "
+                "nothing is lost, rerun when it is back."
+            ) from None
         raise StateError(
             f"Cannot use the state database {display_name}: {text}. Check the path or URL "
             "in TQVT_DB and that the server or file is reachable."

@@ -171,13 +171,21 @@ def add_to_counters(session: Session, deltas: dict[str, int]) -> None:
 
 @contextmanager
 def stop_on_signals(stop: StopRequested) -> Iterator[None]:
-    """Set ``stop`` on SIGINT or SIGTERM while the block runs (main thread only)."""
+    """Set ``stop`` on SIGINT or SIGTERM while the block runs (main thread only).
+
+    A second signal raises KeyboardInterrupt at once.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _handler(signum: int, _frame: Any) -> None:
-        logger.warning("received %s; stopping after the current step", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            # A second signal abandons the current request; every transaction
+            # either committed or rolls back, so nothing is half-written.
+            raise KeyboardInterrupt(name)
+        logger.warning("received %s; stopping after the current step", name)
         stop.set()
 
     previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}

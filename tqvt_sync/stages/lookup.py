@@ -145,12 +145,20 @@ class Lookup:
             raise exc
         log_event(logger, logging.INFO, "sleeping until the quota resets",
                   until=exc.blocked_until.isoformat())
-        while self.ctx.clock.now() < exc.blocked_until:
-            if self.ctx.stop.is_set():
-                raise exc
-            remaining = (exc.blocked_until - self.ctx.clock.now()).total_seconds()
-            self.ctx.clock.sleep(min(remaining, 30.0))
+        remaining = (exc.blocked_until - self.ctx.clock.now()).total_seconds()
+        if not self._sleep(remaining):
+            raise exc
         self.read_limits()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep on the clock in steps of at most one second; False when a stop was requested."""
+        while seconds > 0:
+            if self.ctx.stop.is_set():
+                return False
+            step = min(seconds, 1.0)
+            self.ctx.clock.sleep(step)
+            seconds -= step
+        return not self.ctx.stop.is_set()
 
     def _explain_429(self) -> None:
         """Ask the quotas endpoint which quota a 429 QuotaExceededError refers to."""
@@ -176,7 +184,7 @@ class Lookup:
                 )
             log_event(logger, logging.WARNING, "per-minute quota hit; waiting",
                       seconds=MINUTE_RETRY_SECONDS)
-            self.ctx.clock.sleep(MINUTE_RETRY_SECONDS + self._rng.uniform(0, 5))
+            self._sleep(MINUTE_RETRY_SECONDS + self._rng.uniform(0, 5))
             return
         self.ledger.check_blocked()
 
@@ -186,9 +194,8 @@ class Lookup:
         """Book and send the call for ``group``; retry temporary failures with backoff."""
         attempt = 0
         while True:
-            if self.ctx.stop.is_set():
+            if not self.ledger.book(on_wait=self._report_wait, should_stop=self.ctx.stop.is_set):
                 return None
-            self.ledger.book(on_wait=self._report_wait)
             self.counts["calls"] += 1
             try:
                 answer = self.client.fetch_object(group.kind, group.identifier)
@@ -206,7 +213,8 @@ class Lookup:
                         f"VirusTotal failed {attempt} times in a row ({exc}); rerun later."
                     ) from None
                 delay = exc.retry_after or backoff_delay(attempt, base=2.0, cap=120.0)
-                self.ctx.clock.sleep(delay)
+                if not self._sleep(delay):
+                    return None
 
     def _report_wait(self, delay: float) -> None:
         if self.ctx.progress is not None:

@@ -170,27 +170,25 @@ def _pull_updated_since(
 ) -> None:
     """Walk indicators by (updated_at, id) from the cursor up to the run's signpost.
 
-    The cursor is the (updated_at, id) of the last indicator stored plus how
-    many stored indicators share that updated_at. The next query asks for
-    updated_at >= the cursor time and skips those ties, so a page boundary
-    inside one second neither repeats nor drops an indicator.
+    The cursor holds the (updated_at, id) of the last indicator stored and how
+    many stored indicators share that updated_at (``ties``). The next query
+    asks for updated_at >= the cursor time, sorted by (updated_at, id), with an
+    offset of ties - 1, so its first item must be the cursor's own indicator.
+    When it is not, an indicator of that second changed since the cursor was
+    stored and the offset is no longer exact; the rest of that second is then
+    read by id (``id > cursor id``), which neither repeats nor drops one.
     """
     name = _cursor_name(UPDATED_SINCE, options.types)
     signpost = ctx.clock.now()
     with ctx.sessions.begin() as session:
-        cursor = _load_cursor(session, name, signpost)
-        position = dict(cursor.value or {})
+        position = dict(_load_cursor(session, name, signpost).value or {})
     if not position:
         start = options.since or signpost - timedelta(hours=24)
         position = {"updated_at": format_tq_time(start), "id": 0, "ties": 0}
-    page_size = ctx.settings.page_size
     criteria = _type_criteria(options.types)
     while not ctx.stop.is_set():
-        filters = {"updated_at": {"+gte": position["updated_at"]}}
         try:
-            page = client.fetch_indicator_page(
-                criteria, filters, sort="updated_at,id", limit=page_size, offset=position["ties"],
-            )
+            page, items = _next_page(ctx, client, criteria, position)
         except PermanentApiError as exc:
             if counts["pages"] == 0 and exc.status == 400:
                 log_event(logger, logging.WARNING, "updated_at filter rejected; scanning by sort",
@@ -198,16 +196,68 @@ def _pull_updated_since(
                 _pull_descending(ctx, client, options, counts, run_id, name, signpost)
                 return
             raise
-        taken = _take_until_signpost(page.items, position, signpost)
-        with ctx.sessions.begin() as session:
-            _store_page(ctx, session, taken, counts)
-            for item in taken:
-                _advance(position, item)
-            cursor = _load_cursor(session, name, signpost)
-            cursor.value, cursor.signpost = dict(position), signpost
-            cursor.run_id, cursor.updated_at = run_id, ctx.clock.now()
-        if len(page.items) < page_size or len(taken) < len(page.items):
+        if page is None:
+            _drain_boundary_second(ctx, client, criteria, position, counts, run_id, name, signpost)
+            continue
+        taken = _take_until_signpost(items, position, signpost)
+        _commit_page(ctx, taken, position, counts, run_id, name, signpost)
+        if len(page.items) < ctx.settings.page_size or len(taken) < len(items):
             return
+
+
+def _next_page(
+    ctx: StageContext, client: Any, criteria: dict[str, Any] | None, position: dict[str, Any]
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Fetch the page after ``position``; return (None, []) when the boundary check fails."""
+    ties = int(position.get("ties", 0))
+    page = client.fetch_indicator_page(
+        criteria, {"updated_at": {"+gte": position["updated_at"]}}, sort="updated_at,id",
+        limit=ctx.settings.page_size, offset=max(ties - 1, 0),
+    )
+    if ties == 0:
+        return page, list(page.items)
+    first = page.items[0] if page.items else None
+    if first is not None and _id(first) == position["id"] \
+            and str(first.get("updated_at"))[:19] == position["updated_at"]:
+        return page, list(page.items[1:])
+    return None, []
+
+
+def _drain_boundary_second(
+    ctx: StageContext, client: Any, criteria: dict[str, Any] | None, position: dict[str, Any],
+    counts: dict[str, int], run_id: str, name: str, signpost: datetime,
+) -> None:
+    """Read the rest of the cursor's second by id, then move the cursor past that second."""
+    stamp = position["updated_at"]
+    log_event(logger, logging.INFO, "cursor second changed; reading it by id", updated_at=stamp)
+    while not ctx.stop.is_set():
+        filters = {"updated_at": {"+gte": stamp, "+lte": stamp}, "id": {"+gt": position["id"]}}
+        page = client.fetch_indicator_page(criteria, filters, sort="id",
+                                           limit=ctx.settings.page_size, offset=0)
+        taken = _take_until_signpost(page.items, position, signpost)
+        _commit_page(ctx, taken, position, counts, run_id, name, signpost)
+        if len(page.items) < ctx.settings.page_size:
+            break
+    # Every indicator of that second is stored now; the next query starts after it.
+    position["ties"] = 0
+    position["updated_at"] = format_tq_time(parse_tq_time(stamp) + timedelta(seconds=1))
+    position["id"] = 0
+    _commit_page(ctx, [], position, counts, run_id, name, signpost)
+
+
+def _commit_page(
+    ctx: StageContext, items: list[dict[str, Any]], position: dict[str, Any],
+    counts: dict[str, int], run_id: str, name: str, signpost: datetime,
+) -> None:
+    """Store ``items`` and the cursor after them in one transaction."""
+    with ctx.sessions.begin() as session:
+        if items:
+            _store_page(ctx, session, items, counts)
+        for item in items:
+            _advance(position, item)
+        cursor = _load_cursor(session, name, signpost)
+        cursor.value, cursor.signpost = dict(position), signpost
+        cursor.run_id, cursor.updated_at = run_id, ctx.clock.now()
 
 
 def _take_until_signpost(

@@ -20,7 +20,7 @@ def rescore(ctx: StageContext) -> dict[str, int]:
     """Queue a write for every indicator whose verdict or attributes changed under the
     current verdict table, score table and premium setting. Returns the counts."""
     counts = {"indicators": 0, "changed": 0, "no_cache": 0}
-    with stage_lock(ctx, "lookup", exclusive_on_postgres=True), \
+    with stage_lock(ctx, "rescore", exclusive_on_postgres=True), \
             recorded_run(ctx, "rescore", counts):
         last_id = -1
         while not ctx.stop.is_set():
