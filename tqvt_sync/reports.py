@@ -63,6 +63,7 @@ def status_report(session: Session, *, api_key: str | None, reserve: int, now: d
         "quota": quota_report(session, api_key=api_key, reserve=reserve, now=now),
         "cursors": cursors,
         "recent_runs": runs,
+        "rejected": rejected_indicators(session, limit=10),
     }
 
 

@@ -7,6 +7,7 @@ import json
 import click
 
 from tqvt_sync.cli.runtime import Runtime
+from tqvt_sync.logs import escape
 
 
 @click.command()
@@ -49,4 +50,10 @@ def format_status(report: dict) -> str:
         value = json.dumps(cursor["value"], sort_keys=True) if cursor["value"] else "-"
         pending = f", resumes at {cursor['page_token']}" if cursor.get("page_token") else ""
         lines.append(f"cursor      {cursor['name']}: {value} (updated {cursor['updated_at']}{pending})")
+    rejected = report.get("rejected") or []
+    if rejected:
+        lines.append("not looked up (first 10; 'tqvt indicators rejected' lists all):")
+    for row in rejected:
+        lines.append(f"  {row['id']:>8} {escape(row['type'])}: {escape(row['value'], limit=60)}: "
+                     f"{row['status']}, {escape(row['reason'] or '')}")
     return "\n".join(lines)
