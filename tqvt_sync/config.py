@@ -211,7 +211,7 @@ def _raise_missing(service: str, names: list[str], *, either_secret: bool) -> No
     example = " ".join(f"{SETTINGS_BY_NAME[name].env}={SETTINGS_BY_NAME[name].example}"
                        for name in names)
     raise ConfigError(f"Missing {service} settings: {listed}. Set them in the environment, "
-                      f"in .env or in the config file, for example: {example}")
+                      f"in .env or in the config file, for example: {example}.")
 
 
 def warnings_for(settings: Settings) -> list[str]:

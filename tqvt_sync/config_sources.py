@@ -197,8 +197,8 @@ def _resolve_path(spec: SettingSpec, text: str, environ: Mapping[str, str],
     path = _expand_home(text, environ)
     if not path.is_absolute():
         path = base / path
-    if spec.kind == "path" and not path.exists():
-        raise ValueError(f"{path} does not exist")
+    if spec.kind == "path" and not path.is_file():
+        raise ValueError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
     return str(path)
 
 

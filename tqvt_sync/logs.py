@@ -2,18 +2,22 @@
 
 ``setup_logging`` installs one handler on the ``tqvt_sync`` logger, in text or JSON
 lines. Structured fields travel in ``extra={"fields": {...}}``, most easily through
-``log_event``. Every value registered with ``register_secret`` is replaced by ``***``
-before a line is written.
+``log_event``. Inside a ``run_context`` block, every record also carries the block's
+fields (a stage's ``stage`` and ``run_id``). Every value registered with
+``register_secret`` is replaced by ``***`` before a line is written.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import sys
 import threading
 import unicodedata
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -49,6 +53,10 @@ _CORE_KEYS = ("time", "level", "logger", "event")
 # Secrets shorter than this are not redacted: replacing every "abc" would garble all lines.
 _MIN_SECRET_CHARS = 4
 _REDACTED = "***"
+
+# Fields added to every record logged in the current context, such as stage and run_id.
+_run_fields: contextvars.ContextVar[Mapping[str, object] | None] = contextvars.ContextVar(
+    "tqvt_run_fields", default=None)
 
 _secrets_lock = threading.Lock()
 _secrets: set[str] = set()
@@ -101,6 +109,41 @@ def redact(text: str) -> str:
     """Return ``text`` with every registered secret replaced by ``***``."""
     pattern = _secrets_pattern
     return pattern.sub(_REDACTED, text) if pattern is not None else text
+
+
+@contextmanager
+def run_context(**fields: object) -> Iterator[None]:
+    """Add ``fields`` to every record logged in this thread (and context) inside the block.
+
+    A field that the record itself carries wins over the context's field of the same name.
+    Worker threads do not inherit the context; start them with ``bind_run_context``.
+    """
+    token = _run_fields.set({**(_run_fields.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _run_fields.reset(token)
+
+
+def current_run_context() -> dict[str, object]:
+    """Return the fields that ``run_context`` adds in the calling thread."""
+    return dict(_run_fields.get() or {})
+
+
+def bind_run_context(fields: Mapping[str, object]) -> None:
+    """Set the context fields of the calling thread, as a thread pool initializer."""
+    _run_fields.set(dict(fields))
+
+
+class RunContextFilter(logging.Filter):
+    """Merge the ``run_context`` fields of the emitting thread into ``record.fields``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = _run_fields.get()
+        if context:
+            own = getattr(record, "fields", None)
+            record.fields = {**context, **own} if isinstance(own, dict) else dict(context)
+        return True
 
 
 class SecretFilter(logging.Filter):
@@ -216,8 +259,9 @@ def setup_logging(level: str | int = "INFO", fmt: str = "text", quiet: bool = Fa
     """Send the ``tqvt_sync`` loggers to ``stream`` (default stderr) in ``fmt`` (text or json).
 
     ``quiet`` keeps only warnings and errors, whatever ``level`` is. The handler
-    carries a ``SecretFilter``. A second call replaces the handler of the first, and
-    records still propagate to the root logger. Returns the new handler.
+    carries a ``RunContextFilter`` and a ``SecretFilter``. A second call replaces the
+    handler of the first, and records still propagate to the root logger. Returns the
+    new handler.
 
     Raises:
         ValueError: for an unknown level or format.
@@ -236,6 +280,7 @@ def setup_logging(level: str | int = "INFO", fmt: str = "text", quiet: bool = Fa
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.tqvt = True  # type: ignore[attr-defined]  # marks the handler a later call replaces
     handler.setFormatter(formatters[fmt]())
+    handler.addFilter(RunContextFilter())
     handler.addFilter(SecretFilter())
     logger.addHandler(handler)
     logger.setLevel(number)

@@ -11,12 +11,14 @@ however many processes or threads book at once.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tqvt_sync.clock import Clock
@@ -127,26 +129,49 @@ class Ledger:
         self._key_hash = key_hash(api_key)
         self._clock = clock
         self.reserve = reserve
+        # The last reading of the ledger row, for the progress line.
+        self.calls_left_today: int | None = None
+        self.next_call_at: datetime | None = None
 
-    def _load(self, session: Session, now: datetime) -> QuotaLedger:
-        row = session.execute(
+    def _select_for_update(self, session: Session) -> QuotaLedger | None:
+        return session.execute(
             select(QuotaLedger).where(QuotaLedger.key_hash == self._key_hash).with_for_update()
         ).scalar_one_or_none()
+
+    def _load(self, session: Session, now: datetime) -> QuotaLedger:
+        row = self._select_for_update(session)
         if row is None:
-            row = QuotaLedger(
-                key_hash=self._key_hash,
-                minute_limit=FALLBACK_MINUTE_LIMIT,
-                daily_limit=FALLBACK_DAILY_LIMIT,
-                monthly_limit=None,
-                limits_source="fallback",
-                recent_calls=[],
-                day=now.date().isoformat(),
-                used_today=0,
-                month=now.strftime("%Y-%m"),
-                used_month=0,
-            )
-            session.add(row)
+            row = self._insert(session, now)
         self._roll_over(row, now)
+        return row
+
+    def _insert(self, session: Session, now: datetime) -> QuotaLedger:
+        """Create the row of this key, or lock the one another process inserted meanwhile.
+
+        On PostgreSQL two workers that start together can both find no row. The
+        second INSERT then waits for the first to commit and fails on the primary
+        key, so that worker reads the committed row instead.
+        """
+        row = QuotaLedger(
+            key_hash=self._key_hash,
+            minute_limit=FALLBACK_MINUTE_LIMIT,
+            daily_limit=FALLBACK_DAILY_LIMIT,
+            monthly_limit=None,
+            limits_source="fallback",
+            recent_calls=[],
+            day=now.date().isoformat(),
+            used_today=0,
+            month=now.strftime("%Y-%m"),
+            used_month=0,
+        )
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            existing = self._select_for_update(session)
+            if existing is None:
+                raise
+            return existing
         return row
 
     @staticmethod
@@ -158,10 +183,24 @@ class Ledger:
             row.month, row.used_month = month, 0
         if row.blocked_until is not None and now >= row.blocked_until:
             row.blocked_until, row.blocked_scope = None, None
-        cutoff = now - timedelta(seconds=WINDOW_SECONDS + WINDOW_MARGIN_SECONDS)
-        recent = [stamp for stamp in row.recent_calls if datetime.fromisoformat(stamp) > cutoff]
+        cutoff = _stamp(now - timedelta(seconds=WINDOW_SECONDS + WINDOW_MARGIN_SECONDS))
+        recent = [stamp for stamp in row.recent_calls if stamp > cutoff]
         if recent != row.recent_calls:
             row.recent_calls = recent
+
+    @staticmethod
+    def _next_slot(row: QuotaLedger, now: datetime) -> datetime:
+        """Return when the minute window has room for one more call (``now`` if it has)."""
+        excess = len(row.recent_calls) - row.minute_limit
+        if excess < 0:
+            return now
+        freeing = heapq.nsmallest(excess + 1, row.recent_calls)[-1]
+        return datetime.fromisoformat(freeing) + timedelta(
+            seconds=WINDOW_SECONDS + WINDOW_MARGIN_SECONDS)
+
+    def _remember(self, row: QuotaLedger, now: datetime) -> None:
+        self.calls_left_today = max(row.daily_limit - self.reserve - row.used_today, 0)
+        self.next_call_at = row.blocked_until or self._next_slot(row, now)
 
     def apply_limits(self, limits: QuotaLimits) -> None:
         """Store ``limits``; counts VirusTotal reports as used raise the local counts."""
@@ -175,12 +214,26 @@ class Ledger:
                 row.used_today = limits.used_today
             if limits.used_month is not None and limits.used_month > row.used_month:
                 row.used_month = limits.used_month
+            self._remember(row, now)
 
     def check_blocked(self) -> None:
         """Raise QuotaExhaustedError when no call may be booked before a reset."""
         now = self._clock.now()
         with self._sessions.begin() as session:
-            self._raise_if_exhausted(self._load(session, now), now)
+            row = self._load(session, now)
+            self._remember(row, now)
+            self._raise_if_exhausted(row, now)
+
+    def check_persisted_block(self) -> None:
+        """Raise QuotaExhaustedError while a spent quota that VirusTotal reported blocks calls.
+
+        Reads only the ledger, so a rerun before ``blocked_until`` sends nothing to VirusTotal.
+        """
+        now = self._clock.now()
+        with self._sessions.begin() as session:
+            row = self._load(session, now)
+            if row.blocked_until is not None:
+                raise _exhausted(row.blocked_scope or "daily", row.blocked_until)
 
     def _raise_if_exhausted(self, row: QuotaLedger, now: datetime) -> None:
         if row.blocked_until is not None:
@@ -199,14 +252,15 @@ class Ledger:
         now = self._clock.now()
         with self._sessions.begin() as session:
             row = self._load(session, now)
+            self._remember(row, now)
             self._raise_if_exhausted(row, now)
-            if len(row.recent_calls) >= row.minute_limit:
-                oldest = min(datetime.fromisoformat(stamp) for stamp in row.recent_calls)
-                window_end = oldest + timedelta(seconds=WINDOW_SECONDS + WINDOW_MARGIN_SECONDS)
-                return max((window_end - now).total_seconds(), 0.001)
-            row.recent_calls = [*row.recent_calls, now.isoformat()]
+            slot = self._next_slot(row, now)
+            if slot > now:
+                return max((slot - now).total_seconds(), 0.001)
+            row.recent_calls = [*row.recent_calls, _stamp(now)]
             row.used_today += 1
             row.used_month += 1
+            self._remember(row, now)
             return 0.0
 
     def book(self, *, on_wait: Any = None, should_stop: Any = None) -> bool:
@@ -254,6 +308,17 @@ class Ledger:
     def remaining_today(self) -> int:
         snap = self.snapshot()
         return max(snap.daily_limit - snap.reserve - snap.used_today, 0)
+
+
+def _stamp(moment: datetime) -> str:
+    """Return the text form of a booking time in ``recent_calls``: UTC, with microseconds.
+
+    Every stamp is UTC, so text order is time order (a stamp from an older version,
+    written without microseconds, sorts just before the same time with them). The
+    window is therefore pruned and searched by comparing text, not by parsing every
+    stamp on every booking.
+    """
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _exhausted(scope: str, until: datetime, *, reserve: int = 0) -> QuotaExhaustedError:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from tqvt_sync.http import is_loopback_host
+
 # ThreatQ indicator type name -> VirusTotal kind; "" marks a type as unsupported.
 DEFAULT_TYPES: dict[str, str] = {
     "MD5": "file",
@@ -100,7 +102,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
              "OAuth client secret; replaces email and password with the client-credentials "
              "grant.", "<client secret>"),
     _setting("threatq_ca_bundle", "THREATQ_CA_BUNDLE", "path", None,
-             "CA bundle file (or directory) that signs ThreatQ's TLS certificate.",
+             "PEM file of the CA certificates that sign ThreatQ's TLS certificate.",
              "/etc/ssl/certs/threatq-ca.pem"),
     _setting("threatq_verify_tls", "THREATQ_VERIFY_TLS", "bool", True,
              "Verify ThreatQ's TLS certificate. false is allowed but warns on every run.",
@@ -230,8 +232,9 @@ def parse_service_url(text: str) -> str:
     """Check that ``text`` is an http(s) URL with a host and return it without a trailing ``/``.
 
     Raises:
-        ValueError: when the scheme or host is missing, or the URL carries a user name,
-            a password, a query string or a fragment.
+        ValueError: when the scheme or host is missing, the scheme is http for a host that
+            is not loopback, or the URL carries a user name, a password, a query string or
+            a fragment.
     """
     try:
         parts = urlsplit(text)
@@ -243,6 +246,9 @@ def parse_service_url(text: str) -> str:
         raise ValueError("the URL must start with https:// (or http:// for a loopback host)")
     if not host:
         raise ValueError("the URL has no host name")
+    if parts.scheme.lower() == "http" and not is_loopback_host(host):
+        raise ValueError("https is required, and http:// is accepted only for a loopback host: "
+                         "127.0.0.0/8, ::1 or localhost")
     if parts.username is not None or parts.password is not None:
         raise ValueError("the URL must not contain a user name or password")
     if parts.query or parts.fragment:

@@ -73,24 +73,30 @@ class Runtime:
             self._engine = engine
         return self._engine
 
-    def threatq_client(self) -> Any:
+    def threatq_verify(self) -> bool | str:
+        """Return the ``verify`` argument for requests to ThreatQ: the CA bundle, True or False."""
+        settings = self.settings
+        if not settings.threatq_verify_tls:
+            return False
+        return settings.threatq_ca_bundle or True
+
+    def threatq_client(self, *, max_attempts: int = 5) -> Any:
+        """Return a ThreatQ client; ``max_attempts`` bounds the attempts of each read."""
         from tqvt_sync.threatq.client import ThreatQClient
 
         settings = self.settings
         require_threatq(settings)
         base = check_url(settings.threatq_url, "THREATQ_URL")
-        verify: bool | str = settings.threatq_ca_bundle or True
-        if not settings.threatq_verify_tls:
-            verify = False
         return ThreatQClient(
             base,
             client_id=settings.threatq_client_id,
             email=settings.threatq_email,
             password=settings.threatq_password,
             client_secret=settings.threatq_client_secret,
-            verify=verify,
+            verify=self.threatq_verify(),
             timeout=settings.http_timeout,
             clock=self.clock,
+            max_attempts=max_attempts,
         )
 
     def virustotal_client(self) -> Any:

@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from tqvt_sync.cli.runtime import Runtime
-from tqvt_sync.errors import TemporaryStop
+from tqvt_sync.errors import EXIT_TEMPORARY, TemporaryStop, TqvtError
+from tqvt_sync.logs import escape, log_event
 from tqvt_sync.stages.common import StageContext, stop_on_signals
 
 logger = logging.getLogger(__name__)
@@ -36,12 +37,19 @@ def parse_since(text: str) -> datetime:
 
 
 def parse_interval(text: str) -> float:
+    """Parse ``--loop``: whole seconds, or a number followed by s, m, h, d or w; at least 1 s."""
     match = _DURATION.match(text.strip())
     if match:
-        return float(int(match.group(1)) * _UNITS[match.group(2)])
-    if text.strip().isdigit():
-        return float(text.strip())
-    raise click.BadParameter(f"{text!r} is not an interval; use seconds or a form like 15m or 1h")
+        seconds = float(int(match.group(1)) * _UNITS[match.group(2)])
+    elif text.strip().isdigit():
+        seconds = float(text.strip())
+    else:
+        raise click.BadParameter(f"{text!r} is not an interval; use seconds or a form like "
+                                 "15m or 1h", param_hint="'--loop'")
+    if seconds < 1:
+        raise click.BadParameter(f"{text!r} is shorter than 1 second; use for example 15m",
+                                 param_hint="'--loop'")
+    return seconds
 
 
 def _types(text: str | None) -> tuple[str, ...]:
@@ -56,24 +64,35 @@ class Progress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
         self.total: int | None = None
-        self.remaining_today: int | None = None
+        self._drawn = False
 
     def __call__(self, event: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        done = event.get("indicators", 0)
-        parts = [f"lookup: {done}" + (f"/{self.total}" if self.total else "") + " indicators"]
-        parts.append(f"{event.get('calls', 0)} calls")
-        if self.remaining_today is not None:
-            parts.append(f"{max(self.remaining_today - event.get('calls', 0), 0)} calls left today")
-        if event.get("event") == "pacing":
-            parts.append(f"next call in {event['wait_seconds']:.0f}s")
-        sys.stderr.write("\r" + ", ".join(parts) + "\x1b[K")
+        sys.stderr.write("\r" + format_progress(event, self.total) + "\x1b[K")
         sys.stderr.flush()
+        self._drawn = True
 
     def finish(self) -> None:
-        if self.enabled:
+        if self._drawn:
             sys.stderr.write("\n")
+            self._drawn = False
+
+
+def format_progress(event: dict[str, Any], total: int | None) -> str:
+    """Format one lookup progress event: done of total, calls, calls left today, next call."""
+    done = event.get("indicators", 0)
+    parts = [f"lookup: {done}" + (f"/{total}" if total else "") + " indicators",
+             f"{event.get('calls', 0)} calls"]
+    left = event.get("calls_left_today")
+    if left is not None:
+        parts.append(f"{left} calls left today")
+    next_call_at = event.get("next_call_at")
+    if event.get("event") == "quota_wait" and next_call_at is not None:
+        parts.append(f"quota spent, next call at {next_call_at.astimezone():%Y-%m-%d %H:%M:%S %Z}")
+    elif next_call_at is not None:
+        parts.append(f"next call at {next_call_at.astimezone():%H:%M:%S %Z}")
+    return ", ".join(parts)
 
 
 def _summary(stage: str, counts: dict[str, int]) -> str:
@@ -185,18 +204,29 @@ def push_command(runtime: Runtime) -> None:
 @click.option("--wait", is_flag=True,
               help="Sleep through VirusTotal quota resets instead of exiting with code 75.")
 @click.option("--loop", "interval", metavar="INTERVAL",
-              help="Repeat the three stages every INTERVAL (e.g. 15m) until SIGTERM.")
+              help="Run as a service: repeat the three stages, sleeping INTERVAL (seconds, "
+                   "or a form like 15m or 1h) after each cycle, until SIGTERM or SIGINT. "
+                   "Implies --wait.")
 @click.pass_obj
 def run_command(runtime: Runtime, since: str | None, collection: str | None,
                 values_file: str | None, types: str | None, wait: bool,
                 interval: str | None) -> None:
-    """Run pull, lookup and push in order."""
+    """Run pull, lookup and push in order.
+
+    With --loop, the stages run again after each interval and sleep through
+    VirusTotal quota resets. A cycle that stops early for a temporary reason
+    (exit code 75 on its own) is logged and retried at the next cycle. SIGTERM
+    or SIGINT stops the loop after the current step, and the command then exits
+    with code 0, because a stopped service loop ended normally. An error to fix
+    (exit code 1) ends the loop at once.
+    """
     options = _pull_options(since, collection, values_file, types)
+    seconds = parse_interval(interval) if interval is not None else None
     with stop_on_signals(runtime.stop):
-        if interval is None:
+        if seconds is None:
             _run_once(runtime, options, wait=wait)
         else:
-            _run_loop(runtime, options, parse_interval(interval))
+            _run_loop(runtime, options, seconds)
             return
     _raise_if_stopped(runtime)
 
@@ -222,22 +252,32 @@ def _run_once(runtime: Runtime, options: Any, *, wait: bool) -> None:
 
 
 def _run_loop(runtime: Runtime, options: Any, interval: float) -> None:
-    """Repeat the stages every ``interval`` seconds until SIGTERM or SIGINT.
+    """Repeat the stages, sleeping ``interval`` seconds after each cycle, until a signal.
 
-    Quota resets are slept through; other temporary stops are logged and the
-    loop carries on at the next interval.
+    Quota resets are slept through. An error with exit code 75 ends its cycle only.
     """
+    cycle = 0
     while not runtime.stop.is_set():
+        cycle += 1
+        log_event(logger, logging.INFO, "loop cycle started", cycle=cycle)
         try:
             _run_once(runtime, options, wait=True)
-        except TemporaryStop as exc:
-            logger.warning("%s", exc)
+        except TqvtError as exc:
+            if exc.exit_code != EXIT_TEMPORARY:
+                raise
+            log_event(logger, logging.WARNING, "loop cycle stopped early; the next cycle "
+                      "carries on", cycle=cycle, error=escape(exc))
+        if runtime.stop.is_set():
+            break
+        log_event(logger, logging.INFO, "loop sleeping", cycle=cycle, seconds=interval)
         slept = 0.0
+        # Short steps, so a signal during the sleep ends the loop within a second.
         while slept < interval and not runtime.stop.is_set():
             step = min(1.0, interval - slept)
             runtime.clock.sleep(step)
             slept += step
-    logger.info("loop stopped by signal")
+    log_event(logger, logging.INFO, f"loop stopped by {runtime.stop.reason or 'a signal'}; "
+              "nothing is lost", cycles=cycle)
 
 
 def _raise_if_stopped(runtime: Runtime) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,6 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqvt_sync.errors import ServiceUnavailableError, StateError
 
 BUSY_TIMEOUT_MS = 30_000
+# First key of the two-integer PostgreSQL advisory locks tqvt takes per transaction.
+# PostgreSQL keeps two-integer keys apart from single bigint keys (pg_locks shows
+# objsubid 2 and 1, PostgreSQL 15 documentation), so these cannot collide with the
+# stage and push-worker locks, which use bigint keys.
+LOOKUP_IDENTIFIER_LOCK = 0x74717601
+CACHE_OBJECT_LOCK = 0x74717602
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -77,7 +84,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         engine = create_engine(url)
         _install_sqlite_events(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+    # The claim queries rely on READ COMMITTED: each statement sees what other
+    # workers committed before it started, whatever the server's default is.
+    return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
+                         isolation_level="READ COMMITTED")
 
 
 def tighten_sqlite_files(engine: Engine) -> None:
@@ -92,6 +102,27 @@ def tighten_sqlite_files(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _lock_keys(namespace: int, name: str) -> dict[str, int]:
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=4).digest()
+    return {"namespace": namespace, "key": int.from_bytes(digest, "big", signed=True)}
+
+
+def try_transaction_lock(session: Session, namespace: int, name: str) -> bool:
+    """Take the PostgreSQL advisory lock of ``name`` until the transaction ends, if it is free.
+
+    Returns False when another transaction holds it. Two names can share a
+    32-bit key, in which case they exclude each other needlessly but safely.
+    """
+    statement = text("SELECT pg_try_advisory_xact_lock(:namespace, :key)")
+    return bool(session.execute(statement, _lock_keys(namespace, name)).scalar())
+
+
+def wait_for_transaction_lock(session: Session, namespace: int, name: str) -> None:
+    """Take the PostgreSQL advisory lock of ``name`` until the transaction ends, waiting for it."""
+    statement = text("SELECT pg_advisory_xact_lock(:namespace, :key)")
+    session.execute(statement, _lock_keys(namespace, name))
 
 
 @contextmanager

@@ -15,6 +15,9 @@ decides the response. Fault kinds:
 - ``reset_before``: shut the connection down without processing or responding.
 - ``reset_after_commit``: process the request (its write is applied), then shut the
   connection down without responding.
+- ``status_after_commit``: process the request (its write is applied), then send
+  ``status`` (default 502) and the API's own JSON error body instead of its answer, as
+  a proxy does when the backend answers too late.
 - ``stall_after_commit``: process the request, then sleep ``seconds`` real seconds
   before responding, to exceed a client's timeout.
 - ``latency``: sleep ``seconds`` real seconds, then process the request normally.
@@ -36,11 +39,12 @@ FAULT_KINDS = frozenset(
         "malformed",
         "reset_before",
         "reset_after_commit",
+        "status_after_commit",
         "stall_after_commit",
         "latency",
     }
 )
-DEFAULT_STATUS = {"status": 503, "html": 502}
+DEFAULT_STATUS = {"status": 503, "html": 502, "status_after_commit": 502}
 _KINDS_NEEDING_SECONDS = frozenset({"latency", "stall_after_commit"})
 
 

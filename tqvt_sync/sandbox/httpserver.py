@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -143,7 +144,9 @@ class SimulatorServer:
     """Lifecycle, request record, latency and faults of a simulator.
 
     Subclasses implement ``handle`` and ``error_response``. ``url_suffix`` is
-    appended to ``http://127.0.0.1:PORT`` to form ``url``.
+    appended to ``http://127.0.0.1:PORT`` to form ``url``. A server-side
+    ``ssl.SSLContext`` assigned to ``tls_context`` before ``start()`` makes the
+    simulator serve https instead, and ``url`` then starts with ``https://``.
     """
 
     url_suffix = ""
@@ -153,6 +156,7 @@ class SimulatorServer:
         self.requests = RequestLog()
         self.latency = 0.0
         self.faults = FaultInjector()
+        self.tls_context: ssl.SSLContext | None = None
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
@@ -172,13 +176,18 @@ class SimulatorServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.url_suffix}"
+        scheme = "https" if self.tls_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{self.url_suffix}"
 
     def start(self) -> Self:
         """Bind 127.0.0.1 on an ephemeral port and serve from a daemon thread."""
         if self._httpd is not None:
             return self
         httpd = _Server(("127.0.0.1", 0), _Handler)
+        if self.tls_context is not None:
+            # The handshake runs in accept(); a client that rejects the certificate
+            # makes accept() fail, which the server loop ignores.
+            httpd.socket = self.tls_context.wrap_socket(httpd.socket, server_side=True)
         httpd.simulator = self
         self._httpd = httpd
         name = f"{type(self).__name__}:{self.port}"
@@ -318,6 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "malformed":
             return Response(200, b"<!-- this is not JSON -->\n<p>Service temporarily degraded</p>")
         response = simulator._respond(request)
+        if kind == "status_after_commit" and fault is not None and fault.status is not None:
+            return simulator.error_response(fault.status, _reason(fault.status))
         if kind == "truncated":
             return Response(200, response.body[: len(response.body) // 2])
         return response

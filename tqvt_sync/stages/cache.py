@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import delete, select, true
 from sqlalchemy.orm import Session
 
+from tqvt_sync.db.engine import CACHE_OBJECT_LOCK, wait_for_transaction_lock
 from tqvt_sync.db.models import VtAlias, VtObject
 
 
@@ -60,6 +61,11 @@ def store_answer(
     URL) share one row.
     """
     key = str(summary["id"]) if summary is not None and summary.get("id") else identifier
+    if session.get_bind().dialect.name != "sqlite":
+        # Two workers can look up different identifiers of one object at once. The
+        # second waits here until the first commits, then updates the first one's row
+        # instead of inserting a duplicate key.
+        wait_for_transaction_lock(session, CACHE_OBJECT_LOCK, f"{kind}:{key}")
     row = session.execute(
         select(VtObject).where(VtObject.kind == kind, VtObject.object_key == key)
     ).scalar_one_or_none()

@@ -15,14 +15,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tqvt_sync.clock import Clock, SystemClock
 from tqvt_sync.db.engine import is_sqlite, session_factory, sqlite_path
 from tqvt_sync.db.models import Counter, Run
 from tqvt_sync.errors import StageBusyError
-from tqvt_sync.logs import log_event
+from tqvt_sync.logs import escape, log_event, run_context
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,11 @@ class StopRequested:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.reason = ""
 
-    def set(self) -> None:
+    def set(self, reason: str = "") -> None:
+        """Request a stop; ``reason`` (such as ``SIGTERM``) is kept for messages."""
+        self.reason = self.reason or reason
         self._event.set()
 
     def is_set(self) -> bool:
@@ -41,6 +45,7 @@ class StopRequested:
 
     def clear(self) -> None:
         self._event.clear()
+        self.reason = ""
 
 
 @dataclass
@@ -129,7 +134,12 @@ def _advisory_key(stage: str) -> int:
 
 @contextmanager
 def recorded_run(ctx: StageContext, stage: str, counts: dict[str, int]) -> Iterator[str]:
-    """Record a run of ``stage`` with its counts and outcome; log its start and end."""
+    """Record a run of ``stage`` with its counts and outcome; log its start and end.
+
+    Every record logged inside the block carries ``stage`` and ``run_id``. The end
+    event carries ``outcome``, ``duration_s`` (monotonic seconds), ``counts`` and, when
+    the stage raised, ``error``; it is a warning unless the outcome is ``ok``.
+    """
     run_id = str(uuid.uuid4())
     started = ctx.clock.now()
     monotonic_start = time.monotonic()
@@ -140,11 +150,15 @@ def recorded_run(ctx: StageContext, stage: str, counts: dict[str, int]) -> Itera
         ))
     log_event(logger, logging.INFO, f"{stage} started", stage=stage, run_id=run_id)
     outcome = "failed"
+    error: dict[str, str] = {}
     try:
-        yield run_id
-        outcome = "ok"
+        with run_context(stage=stage, run_id=run_id):
+            yield run_id
+        # A stage stopped by a signal returns normally, and the CLI then exits with 75.
+        outcome = "stopped" if ctx.stop.is_set() else "ok"
     except BaseException as exc:
         outcome = "stopped" if getattr(exc, "exit_code", 1) == 75 else "failed"
+        error["error"] = escape(exc) if str(exc) else type(exc).__name__
         raise
     finally:
         with ctx.sessions.begin() as session:
@@ -152,21 +166,38 @@ def recorded_run(ctx: StageContext, stage: str, counts: dict[str, int]) -> Itera
             if run is not None:
                 run.ended_at, run.outcome, run.counts = ctx.clock.now(), outcome, dict(counts)
         log_event(
-            logger, logging.INFO, f"{stage} finished", stage=stage, run_id=run_id,
-            outcome=outcome, duration_s=round(time.monotonic() - monotonic_start, 3), **counts,
+            logger, logging.INFO if outcome == "ok" else logging.WARNING, f"{stage} finished",
+            stage=stage, run_id=run_id, outcome=outcome,
+            duration_s=round(time.monotonic() - monotonic_start, 3), counts=dict(counts),
+            **error,
         )
 
 
 def add_to_counters(session: Session, deltas: dict[str, int]) -> None:
-    """Add ``deltas`` to the named counters in the current transaction."""
+    """Add ``deltas`` to the named counters in the current transaction.
+
+    The UPDATE adds in the database, so lookup workers that share PostgreSQL
+    do not overwrite each other's counts. A counter's first row is inserted in
+    a savepoint; when another worker inserted it meanwhile, the UPDATE is repeated.
+    """
     for name, delta in deltas.items():
         if not delta:
             continue
-        row = session.execute(select(Counter).where(Counter.name == name)).scalar_one_or_none()
-        if row is None:
-            session.add(Counter(name=name, value=delta))
-        else:
-            row.value += delta
+        if _increment_counter(session, name, delta):
+            continue
+        try:
+            with session.begin_nested():
+                session.add(Counter(name=name, value=delta))
+        except IntegrityError:
+            _increment_counter(session, name, delta)
+
+
+def _increment_counter(session: Session, name: str, delta: int) -> bool:
+    statement = (
+        update(Counter).where(Counter.name == name).values(value=Counter.value + delta)
+        .execution_options(synchronize_session=False)
+    )
+    return session.execute(statement).rowcount > 0
 
 
 @contextmanager
@@ -186,7 +217,7 @@ def stop_on_signals(stop: StopRequested) -> Iterator[None]:
             # either committed or rolls back, so nothing is half-written.
             raise KeyboardInterrupt(name)
         logger.warning("received %s; stopping after the current step", name)
-        stop.set()
+        stop.set(name)
 
     previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

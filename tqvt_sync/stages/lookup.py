@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import case, or_, select
 from sqlalchemy.orm import Session
 
-from tqvt_sync.db.engine import is_sqlite
+from tqvt_sync.db.engine import LOOKUP_IDENTIFIER_LOCK, is_sqlite, try_transaction_lock
 from tqvt_sync.db.models import Indicator
 from tqvt_sync.errors import (
     AuthenticationError,
@@ -32,7 +32,7 @@ from tqvt_sync.errors import (
     ServiceUnavailableError,
 )
 from tqvt_sync.http import backoff_delay
-from tqvt_sync.logs import escape, log_event
+from tqvt_sync.logs import bind_run_context, current_run_context, escape, log_event
 from tqvt_sync.quota import (
     FALLBACK_DAILY_LIMIT,
     FALLBACK_MINUTE_LIMIT,
@@ -74,19 +74,35 @@ def due_condition(now: datetime) -> Any:
     )
 
 
+def backlog_tier() -> Any:
+    """Return the backlog tier of an indicator: 0 never looked up, 1 stale, 2 the rest.
+
+    The rest are indicators that VirusTotal rejected on every lookup so far.
+    They wait for their retry time and then come after every stale verdict.
+    """
+    return case(
+        (Indicator.next_lookup_at.is_(None), 0),
+        (Indicator.looked_up_at.is_not(None), 1),
+        else_=2,
+    )
+
+
 def due_groups(session: Session, now: datetime, limit: int) -> list[Group]:
     """Return up to ``limit`` groups in backlog order.
 
-    Order: never looked up first, then the longest overdue; within each, a
-    higher ThreatQ score first.
+    Order: never looked up first, then the stalest (the oldest verdict), then
+    the rest. A higher ThreatQ score comes first within the first and the last
+    tier, and among stale indicators whose verdicts are equally old.
     """
     rows = session.execute(
         select(Indicator.id, Indicator.kind, Indicator.identifier)
         .where(due_condition(now), Indicator.identifier.is_not(None))
         .order_by(
-            Indicator.next_lookup_at.is_not(None),
-            Indicator.next_lookup_at,
+            backlog_tier(),
+            # Age of the verdict, for stale indicators only.
+            case((Indicator.next_lookup_at.is_not(None), Indicator.looked_up_at), else_=None),
             Indicator.tq_score.desc().nulls_last(),
+            Indicator.next_lookup_at,
             Indicator.id,
         )
         .limit(limit * 4)
@@ -145,6 +161,7 @@ class Lookup:
             raise exc
         log_event(logger, logging.INFO, "sleeping until the quota resets",
                   until=exc.blocked_until.isoformat())
+        self._emit("quota_wait", next_call_at=exc.blocked_until)
         remaining = (exc.blocked_until - self.ctx.clock.now()).total_seconds()
         if not self._sleep(remaining):
             raise exc
@@ -206,7 +223,8 @@ class Lookup:
             except (RetriableApiError, ResponseFormatError) as exc:
                 attempt += 1
                 log_event(logger, logging.WARNING, "VirusTotal call failed; retrying",
-                          identifier=escape(group.identifier), status=exc.status,
+                          identifier=escape(group.identifier),
+                          indicator_ids=list(group.indicator_ids), status=exc.status,
                           attempt=attempt, error=escape(exc))
                 if attempt >= MAX_ATTEMPTS:
                     raise ServiceUnavailableError(
@@ -217,8 +235,18 @@ class Lookup:
                     return None
 
     def _report_wait(self, delay: float) -> None:
-        if self.ctx.progress is not None:
-            self.ctx.progress({"event": "pacing", "wait_seconds": delay, **self.counts})
+        self._emit("pacing", wait_seconds=delay)
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        """Send a progress event with the counts and the ledger's last reading."""
+        if self.ctx.progress is None:
+            return
+        next_call_at = self.ledger.next_call_at
+        if next_call_at is not None and next_call_at <= self.ctx.clock.now():
+            next_call_at = None
+        self.ctx.progress({"event": event, **self.counts,
+                           "calls_left_today": self.ledger.calls_left_today,
+                           "next_call_at": next_call_at, **fields})
 
     def serve_from_cache(self, session: Session, group: Group, now: datetime) -> bool:
         cached = find_fresh(session, group.kind, group.identifier, now)
@@ -246,34 +274,54 @@ class Lookup:
             query = query.with_for_update(skip_locked=True)
         return list(session.execute(query).scalars())
 
-    def process(self, group: Group) -> None:
+    def process(self, group: Group) -> bool:
+        """Serve or look up one group, and return False if another worker had locked it."""
         with self._group_session() as session:
+            if not self._lock_identifier(session, group):
+                return False
             now = self.ctx.clock.now()
             if self.serve_from_cache(session, group, now):
-                return
+                return True
             if is_sqlite(self.ctx.engine):
                 # Release SQLite's write lock before the network call.
                 session.commit()
             elif not self._claim(session, group, now):
-                return
+                return True
             try:
                 answer = self.fetch(group)
             except PermanentApiError as exc:
                 self._record_permanent_error(session, group, exc)
-                return
+                return True
             if answer is None:
-                return
+                return True
             self._store(session, group, answer)
+            return True
+
+    def _lock_identifier(self, session: Session, group: Group) -> bool:
+        """Keep other workers off this identifier until the transaction ends (PostgreSQL).
+
+        The row locks of ``_claim`` cover only the indicators in this worker's
+        group. Another worker's group for the same identifier can hold more
+        (an indicator pulled meanwhile), and without this lock it would claim
+        those and send a second call for the identifier. The lock is taken
+        before the cache is read, so the cache read finds the answer that a
+        worker holding the lock before this one stored.
+        """
+        if is_sqlite(self.ctx.engine):
+            return True
+        name = f"{group.kind}:{group.identifier}"
+        return try_transaction_lock(session, LOOKUP_IDENTIFIER_LOCK, name)
 
     @contextmanager
     def _group_session(self) -> Iterator[Session]:
         """A session for one group.
 
-        PostgreSQL keeps the transaction open across the call, so the row locks
-        taken with SKIP LOCKED keep other workers off this identifier; a worker
-        that dies drops its connection and the locks with it. SQLite runs one
-        lookup process at a time (the stage lock), so it reads without a write
-        lock and writes the answer in a short transaction afterwards.
+        PostgreSQL keeps the transaction open across the call, so the advisory
+        lock on the identifier and the row locks taken with SKIP LOCKED keep
+        other workers off it. A worker that dies drops its connection, and the
+        locks go with it. SQLite runs one lookup process at a time (the stage
+        lock), so it reads without a write lock and writes the answer in a short
+        transaction afterwards.
         """
         session = self.ctx.sessions()
         try:
@@ -290,12 +338,16 @@ class Lookup:
         settings = self.ctx.settings
         summary = summarize(group.kind, answer.data) if answer.found else None
         ttl = settings.cache_ttl if answer.found else settings.not_found_ttl
-        cached = store_answer(session, kind=group.kind, identifier=group.identifier,
-                              summary=summary, now=now, ttl=ttl)
-        indicators = self._claim(session, group, now)
-        self.counts["queued_writes"] += apply_answer(session, settings, indicators, cached, now)
-        saved = max(len(indicators) - 1, 0)
-        add_to_counters(session, {"cache_misses": 1, "vt_calls_saved": saved})
+        # The queries below read rows that the pending changes do not touch, so the
+        # changes are flushed once, at commit, instead of before every query.
+        with session.no_autoflush:
+            cached = store_answer(session, kind=group.kind, identifier=group.identifier,
+                                  summary=summary, now=now, ttl=ttl)
+            indicators = self._claim(session, group, now)
+            self.counts["queued_writes"] += apply_answer(session, settings, indicators, cached,
+                                                         now)
+            saved = max(len(indicators) - 1, 0)
+            add_to_counters(session, {"cache_misses": 1, "vt_calls_saved": saved})
         self.counts["identifiers"] += 1
         self.counts["indicators"] += len(indicators)
         if not answer.found:
@@ -308,52 +360,75 @@ class Lookup:
             indicator.next_lookup_at = now + PERMANENT_ERROR_RETRY
         self.counts["errors"] += 1
         log_event(logger, logging.WARNING, "VirusTotal rejected a lookup",
-                  identifier=escape(group.identifier), status=exc.status, error=escape(exc))
+                  identifier=escape(group.identifier), indicator_ids=list(group.indicator_ids),
+                  status=exc.status, error=escape(exc))
 
     # -- the run -----------------------------------------------------------
 
     def run(self) -> dict[str, int]:
-        self.read_limits()
+        try:
+            # A quota that VirusTotal reported spent stops the run before any request.
+            self.ledger.check_persisted_block()
+        except QuotaExhaustedError as exc:
+            self._wait_or_raise(exc)
+        else:
+            self.read_limits()
         concurrency = max(1, int(self.ctx.settings.vt_concurrency))
-        executor = ThreadPoolExecutor(concurrency) if concurrency > 1 else None
+        executor = ThreadPoolExecutor(
+            concurrency, initializer=bind_run_context, initargs=(current_run_context(),),
+        ) if concurrency > 1 else None
+        # Only indicators due when the run started, or when it last waited for a quota
+        # reset, are selected, so a response whose TTL ends during the run is not
+        # fetched again by the same run.
+        due_at = self.ctx.clock.now()
         try:
             while not self.ctx.stop.is_set():
                 try:
                     self.ledger.check_blocked()
                 except QuotaExhaustedError as exc:
                     self._wait_or_raise(exc)
+                    due_at = self.ctx.clock.now()
                     continue
                 with self.ctx.sessions() as session:
-                    groups = due_groups(session, self.ctx.clock.now(), BATCH_IDENTIFIERS)
+                    groups = due_groups(session, due_at, BATCH_IDENTIFIERS)
                 if not groups:
                     return self.counts
                 if self.max_calls is not None and self.counts["calls"] >= self.max_calls:
                     return self.counts
                 try:
-                    self._run_batch(groups, executor)
+                    processed = self._run_batch(groups, executor)
                 except QuotaExhaustedError as exc:
                     self._wait_or_raise(exc)
+                    due_at = self.ctx.clock.now()
+                    continue
+                if processed == 0:
+                    # Other workers hold every due identifier. Querying again at
+                    # once would spin until they finish, so this run ends here.
+                    return self.counts
             return self.counts
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
 
-    def _run_batch(self, groups: list[Group], executor: ThreadPoolExecutor | None) -> None:
+    def _run_batch(self, groups: list[Group], executor: ThreadPoolExecutor | None) -> int:
+        """Process ``groups`` and return how many of them no other worker had locked."""
+        processed = 0
         if executor is None:
             for group in groups:
                 if self.ctx.stop.is_set():
-                    return
+                    return processed
                 if self.max_calls is not None and self.counts["calls"] >= self.max_calls:
-                    return
-                self.process(group)
+                    return processed
+                processed += self.process(group)
                 self._report_progress()
-            return
-        for _ in executor.map(self.process, groups):
+            return processed
+        for done in executor.map(self.process, groups):
+            processed += done
             self._report_progress()
+        return processed
 
     def _report_progress(self) -> None:
-        if self.ctx.progress is not None:
-            self.ctx.progress({"event": "progress", **self.counts})
+        self._emit("progress")
 
 
 def lookup(ctx: StageContext, *, wait: bool = False, max_calls: int | None = None) -> dict[str, int]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +28,15 @@ from tqvt_sync.virustotal.identifiers import normalize
 logger = logging.getLogger(__name__)
 
 TQ_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# The zero-padded form of TQ_TIME_FORMAT, which datetime.fromisoformat parses
+# to the same value as strptime, several times faster.
+_PADDED_TQ_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 VALUES_BATCH = 100
+# The largest page requested from ThreatQ; TQVT_PAGE_SIZE accepts at most this.
+MAX_PAGE_SIZE = 500
+# Ids per query when the stored rows of a page are read; well below SQLite's
+# limit of bound parameters.
+LOAD_CHUNK = 500
 UPDATED_SINCE = "updated_since"
 OWNED_NAMES = frozenset(ATTRIBUTE_NAMES)
 
@@ -46,7 +56,10 @@ def parse_tq_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.strptime(value[:19], TQ_TIME_FORMAT).replace(tzinfo=UTC)
+        text = value[:19]
+        if _PADDED_TQ_TIME.fullmatch(text):
+            return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        return datetime.strptime(text, TQ_TIME_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
 
@@ -78,9 +91,14 @@ def _carries_vt_names(item: dict[str, Any]) -> bool:
 
 
 def upsert_indicator(
-    session: Session, ctx: StageContext, item: dict[str, Any], now: datetime
+    session: Session, ctx: StageContext, item: dict[str, Any], now: datetime,
+    known: dict[int, Indicator] | None = None,
 ) -> str | None:
-    """Store one indicator from ThreatQ; return None when it was stored, else why not."""
+    """Store one indicator from ThreatQ; return None when it was stored, else why not.
+
+    ``known`` maps ids to their stored rows, as ``load_stored`` returns them for a
+    whole page; without it the row is read with one query.
+    """
     indicator_id, value = item.get("id"), item.get("value")
     if isinstance(indicator_id, bool) or not isinstance(indicator_id, int):
         return f"missing or non-integer id {escape(indicator_id)}"
@@ -91,10 +109,12 @@ def upsert_indicator(
     result = normalize(
         type_name, value, type_map=settings.types, lookup_private_ips=settings.lookup_private_ips,
     )
-    row = session.get(Indicator, indicator_id)
+    row = session.get(Indicator, indicator_id) if known is None else known.get(indicator_id)
     if row is None:
         row = Indicator(id=indicator_id, next_lookup_at=None)
         session.add(row)
+        if known is not None:
+            known[indicator_id] = row
     elif row.kind == result.kind and row.identifier == result.identifier and (
         row.status not in ("invalid", "unsupported", "skipped") or row.status == result.status
     ):
@@ -147,12 +167,28 @@ def pull(ctx: StageContext, options: PullOptions) -> dict[str, int]:
     return counts
 
 
+def load_stored(session: Session, items: list[dict[str, Any]]) -> dict[int, Indicator]:
+    """Return the stored rows of the indicators in ``items`` by id, read with few queries.
+
+    One query per page replaces one per indicator, and no query runs between the
+    rows that a page adds, so the session inserts them in one batch.
+    """
+    ids = sorted({_id(item) for item in items} - {-1})
+    known: dict[int, Indicator] = {}
+    for start in range(0, len(ids), LOAD_CHUNK):
+        chunk = ids[start:start + LOAD_CHUNK]
+        rows = session.execute(select(Indicator).where(Indicator.id.in_(chunk))).scalars()
+        known.update((row.id, row) for row in rows)
+    return known
+
+
 def _store_page(
     ctx: StageContext, session: Session, items: list[dict[str, Any]], counts: dict[str, int]
 ) -> None:
     now = ctx.clock.now()
+    known = load_stored(session, items)
     for item in items:
-        problem = upsert_indicator(session, ctx, item, now)
+        problem = upsert_indicator(session, ctx, item, now, known)
         if problem is None:
             counts["indicators"] += 1
         else:
@@ -186,23 +222,50 @@ def _pull_updated_since(
         start = options.since or signpost - timedelta(hours=24)
         position = {"updated_at": format_tq_time(start), "id": 0, "ties": 0}
     criteria = _type_criteria(options.types)
-    while not ctx.stop.is_set():
-        try:
-            page, items = _next_page(ctx, client, criteria, position)
-        except PermanentApiError as exc:
-            if counts["pages"] == 0 and exc.status == 400:
-                log_event(logger, logging.WARNING, "updated_at filter rejected; scanning by sort",
-                          status=exc.status)
-                _pull_descending(ctx, client, options, counts, run_id, name, signpost)
+    # The next page is fetched in this thread while the current one is committed,
+    # so the network wait and the database work overlap. The cursor still moves
+    # only with a committed page.
+    with ThreadPoolExecutor(1, thread_name_prefix="tqvt-pull-fetch") as fetcher:
+        prefetched: Future[tuple[Any, list[dict[str, Any]]]] | None = None
+        while not ctx.stop.is_set():
+            try:
+                if prefetched is not None:
+                    page, items = prefetched.result()
+                else:
+                    page, items = _next_page(ctx, client, criteria, position)
+            except PermanentApiError as exc:
+                if counts["pages"] == 0 and exc.status == 400:
+                    log_event(logger, logging.WARNING,
+                              "updated_at filter rejected; scanning by sort", status=exc.status)
+                    _pull_descending(ctx, client, options, counts, run_id, name, signpost)
+                    return
+                raise
+            prefetched = None
+            if page is None:
+                _drain_boundary_second(ctx, client, criteria, position, counts, run_id, name,
+                                       signpost)
+                continue
+            taken = _take_until_signpost(items, position, signpost)
+            last = len(page.items) < _page_limit(ctx, position) or len(taken) < len(items)
+            if not last:
+                following = dict(position)
+                for item in taken:
+                    _advance(following, item)
+                prefetched = fetcher.submit(_next_page, ctx, client, criteria, following)
+            _commit_page(ctx, taken, position, counts, run_id, name, signpost)
+            if last:
                 return
-            raise
-        if page is None:
-            _drain_boundary_second(ctx, client, criteria, position, counts, run_id, name, signpost)
-            continue
-        taken = _take_until_signpost(items, position, signpost)
-        _commit_page(ctx, taken, position, counts, run_id, name, signpost)
-        if len(page.items) < ctx.settings.page_size or len(taken) < len(items):
-            return
+
+
+def _page_limit(ctx: StageContext, position: dict[str, Any]) -> int:
+    """Return the number of indicators to request for the page after ``position``.
+
+    A page after a stored indicator starts with that indicator again for the
+    boundary check, so one more is requested to leave room for page_size new
+    ones. Without it a page size of 1 would never get past the boundary.
+    """
+    size = int(ctx.settings.page_size)
+    return size + 1 if position.get("ties", 0) and size < MAX_PAGE_SIZE else size
 
 
 def _next_page(
@@ -212,7 +275,7 @@ def _next_page(
     ties = int(position.get("ties", 0))
     page = client.fetch_indicator_page(
         criteria, {"updated_at": {"+gte": position["updated_at"]}}, sort="updated_at,id",
-        limit=ctx.settings.page_size, offset=max(ties - 1, 0),
+        limit=_page_limit(ctx, position), offset=max(ties - 1, 0),
     )
     if ties == 0:
         return page, list(page.items)

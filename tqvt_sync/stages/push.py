@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select, text
+from sqlalchemy import Select, exists, func, select, text
 from sqlalchemy.orm import Session, aliased
 
 from tqvt_sync.db.engine import is_sqlite
 from tqvt_sync.db.models import Indicator, OutboxEntry, VerdictHistory, WrittenState
 from tqvt_sync.errors import (
+    ApiError,
     AuthenticationError,
     OutcomeUnknownError,
     PermanentApiError,
+    ResponseFormatError,
     RetriableApiError,
     ServiceUnavailableError,
     TemporaryStop,
@@ -35,6 +37,7 @@ from tqvt_sync.errors import (
 from tqvt_sync.http import backoff_delay
 from tqvt_sync.logs import escape, log_event
 from tqvt_sync.stages.common import StageContext, recorded_run, stage_lock
+from tqvt_sync.stages.verdicts import merge_newer_waiting
 from tqvt_sync.virustotal.attributes import ATTRIBUTE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -42,6 +45,12 @@ logger = logging.getLogger(__name__)
 SOURCE = "VirusTotal"
 OWNED_NAMES = frozenset(ATTRIBUTE_NAMES)
 BATCH_SIZE = 100
+# Rows on the read-back path cost two or more requests each, so one claim takes
+# few of them. A claim of 100 would leave one worker with up to 100 rows to send
+# while the other push workers on the database sit idle at the end of the queue.
+READ_BACK_BATCH_SIZE = 10
+# Wait before claiming again when every due row is locked by another worker's claim.
+CLAIM_RETRY_SECONDS = 0.1
 MAX_ATTEMPTS = 8
 HISTORY_KEPT = 10
 # Switches off the read-back of rows whose outcome is unknown. It exists only so
@@ -108,40 +117,51 @@ class Push:
 
     # -- claiming ------------------------------------------------------------
 
-    def _claim(self, session: Session, now: datetime) -> list[OutboxEntry]:
-        """Mark the next due rows ``started`` and return them (committed by the caller).
+    def _claim(self, session: Session, now: datetime) -> tuple[list[OutboxEntry], dict[int, bool]]:
+        """Mark the next due rows ``started``, and return them and which of them are fresh.
 
-        A row waits while an older row of the same indicator is started, so
-        the writes of one indicator reach ThreatQ in the order they were queued.
+        The caller commits. Fresh rows go out together in one consume request. The
+        claim stops before the first row beyond READ_BACK_BATCH_SIZE that is not fresh.
+
+        A row waits while another row of the same indicator is started, or an
+        older one is still waiting (new, or failed and not yet due), so the
+        writes of one indicator reach ThreatQ in the order they were queued.
         """
-        earlier = aliased(OutboxEntry)
-        blocked = exists().where(
-            earlier.indicator_id == OutboxEntry.indicator_id,
-            earlier.status == "started",
-            earlier.id != OutboxEntry.id,
-        )
-        query = (
-            select(OutboxEntry)
-            .where(OutboxEntry.status.in_(("new", "failed")), OutboxEntry.next_attempt_at <= now,
-                   ~blocked)
-            .order_by(OutboxEntry.id)
-            .limit(BATCH_SIZE)
-        )
+        query = _due_rows(now).limit(BATCH_SIZE)
         if not is_sqlite(self.ctx.engine):
             query = query.with_for_update(skip_locked=True, of=OutboxEntry)
+        claimed: list[OutboxEntry] = []
+        fresh: dict[int, bool] = {}
+        read_back = 0
         rows = list(session.execute(query).scalars())
+        # attempts still counts the earlier claims only, hence == 0 here.
+        fresh_ids = self._fresh_ids(session, [row for row in rows if row.attempts == 0])
         for row in rows:
+            is_fresh = row.id in fresh_ids
+            if not is_fresh:
+                if read_back == READ_BACK_BATCH_SIZE:
+                    break
+                read_back += 1
+            fresh[row.id] = is_fresh
+            claimed.append(row)
+        for row in claimed:
             row.status, row.claimed_by, row.updated_at = "started", self.ctx.worker_id, now
             row.attempts += 1
-        return rows
+        return claimed, fresh
 
     def _orphans(self, session: Session) -> list[OutboxEntry]:
-        """Return started rows whose worker is gone (crashed or killed)."""
-        rows = list(session.execute(
-            select(OutboxEntry).where(OutboxEntry.status == "started").order_by(OutboxEntry.id)
-        ).scalars())
+        """Return started rows whose worker is gone (crashed or killed).
+
+        On PostgreSQL the rows stay locked until the caller commits, so two
+        surviving workers never take the same orphan and write it concurrently.
+        NOTE: a request that the dead worker sent just before it died can still be
+        in progress at ThreatQ during the read-back, and land after it. No grace
+        period covers that case.
+        """
+        query = select(OutboxEntry).where(OutboxEntry.status == "started").order_by(OutboxEntry.id)
         if is_sqlite(self.ctx.engine):
-            return rows
+            return list(session.execute(query).scalars())
+        rows = list(session.execute(query.with_for_update(skip_locked=True)).scalars())
         return [row for row in rows if row.claimed_by != self.ctx.worker_id
                 and self._worker_gone(session, row.claimed_by)]
 
@@ -176,23 +196,42 @@ class Push:
             while not self.ctx.stop.is_set():
                 now = self.ctx.clock.now()
                 with self.ctx.sessions.begin() as session:
-                    rows = self._claim(session, now)
-                    fresh = {row.id: self._is_fresh(session, row) for row in rows}
-                if not rows:
+                    rows, fresh = self._claim(session, now)
+                if rows:
+                    self._deliver_batch(rows, fresh)
+                    continue
+                # A push worker that died while this one ran left its rows started.
+                # They, and the rows queued behind them, are delivered before the end.
+                if self._reconcile_orphans():
+                    continue
+                if not self._locked_by_other_claims(now):
                     return self.counts
-                self._deliver_batch(rows, fresh)
+                self.ctx.clock.sleep(CLAIM_RETRY_SECONDS)
             return self.counts
         finally:
             self._release_worker_lock()
 
-    def _reconcile_orphans(self) -> None:
+    def _locked_by_other_claims(self, now: datetime) -> bool:
+        """Return True when due rows exist that SKIP LOCKED passed over (PostgreSQL).
+
+        A claim locks up to BATCH_SIZE rows while it decides which to keep, so
+        a claim that finds nothing may only have met another worker's claim.
+        The rows that claim does not keep are free again a moment later.
+        """
+        if is_sqlite(self.ctx.engine):
+            return False
+        with self.ctx.sessions() as session:
+            return session.execute(_due_rows(now).limit(1)).first() is not None
+
+    def _reconcile_orphans(self) -> int:
+        """Deliver the orphaned rows by reading back first, and return how many were found."""
         with self.ctx.sessions.begin() as session:
             orphans = self._orphans(session)
             for row in orphans:
                 row.claimed_by = self.ctx.worker_id
         for row in orphans:
             if self.ctx.stop.is_set():
-                return
+                break
             log_event(logger, logging.INFO, "reconciling a write of unknown outcome",
                       indicator_id=row.indicator_id, outbox_id=row.id)
             self.counts["reconciled"] += 1
@@ -200,15 +239,38 @@ class Push:
                 self._deliver_one(row)
             else:
                 self._deliver_consume([row])
+        return len(orphans)
 
-    def _is_fresh(self, session: Session, row: OutboxEntry) -> bool:
-        if row.attempts > 1 or session.get(WrittenState, row.indicator_id) is not None:
-            return False
-        indicator = session.get(Indicator, row.indicator_id)
-        return indicator is not None and not indicator.carries_vt_names
+    def _fresh_ids(self, session: Session, rows: list[OutboxEntry]) -> set[int]:
+        """Return the ids of ``rows`` that may go out through consume, with three queries.
+
+        A row is fresh when tqvt never wrote to its indicator, no other row of the
+        indicator was attempted (a dead one may have written some attributes), and
+        the indicator carried none of tqvt's attribute names when it was pulled.
+        """
+        if not rows:
+            return set()
+        indicator_ids = sorted({row.indicator_id for row in rows})
+        written = set(session.execute(select(WrittenState.indicator_id).where(
+            WrittenState.indicator_id.in_(indicator_ids))).scalars())
+        attempted: dict[int, set[int]] = {}
+        for indicator_id, outbox_id in session.execute(
+                select(OutboxEntry.indicator_id, OutboxEntry.id).where(
+                    OutboxEntry.indicator_id.in_(indicator_ids), OutboxEntry.attempts > 0)):
+            attempted.setdefault(indicator_id, set()).add(outbox_id)
+        clean = set(session.execute(select(Indicator.id).where(
+            Indicator.id.in_(indicator_ids), Indicator.carries_vt_names.is_(False))).scalars())
+        return {row.id for row in rows
+                if row.indicator_id not in written and row.indicator_id in clean
+                and not attempted.get(row.indicator_id, set()) - {row.id}}
 
     def _deliver_batch(self, rows: list[OutboxEntry], fresh: dict[int, bool]) -> None:
         batch = [row for row in rows if fresh[row.id]]
+        if batch:
+            unchanged = self._unchanged_in_threatq(batch)
+            for row in batch:
+                fresh[row.id] = row.id in unchanged
+            batch = [row for row in batch if fresh[row.id]]
         if batch:
             self._deliver_consume(batch)
         for row in rows:
@@ -218,6 +280,34 @@ class Push:
             if not fresh[row.id]:
                 self._deliver_one(row)
 
+    def _unchanged_in_threatq(self, rows: list[OutboxEntry]) -> set[int]:
+        """Return the ids of the rows whose indicator ThreatQ holds with the row's value and type.
+
+        consume matches by value and type and creates any indicator it does not find, so a
+        row whose indicator was renamed or retyped since it was pulled, or whose value and
+        type now belong to another indicator, must take the read-back path, which addresses
+        the indicator by id. When the query fails, no row is consumed.
+        NOTE: an edit in ThreatQ between this query and the consume request is not caught.
+        """
+        values = sorted({row.indicator_value for row in rows})
+        criteria = {"+or": [{"value": value} for value in values]}
+        held: set[tuple[int, str, str]] = set()
+        try:
+            for page in self.client.iter_indicator_pages(criteria, None, sort="id",
+                                                         relations=("type",)):
+                for item in page.items:
+                    kind = item.get("type")
+                    type_name = kind.get("name") if isinstance(kind, dict) else None
+                    held.add((item.get("id"), str(item.get("value")), str(type_name)))
+        except AuthenticationError:
+            raise
+        except (ApiError, TemporaryStop) as exc:
+            log_event(logger, logging.WARNING, "could not check indicators before consume; "
+                      "writing them one by one", error=escape(_describe(exc)))
+            return set()
+        return {row.id for row in rows
+                if (row.indicator_id, row.indicator_value, row.indicator_type) in held}
+
     def _release_unsent(self, rows: list[OutboxEntry]) -> None:
         """Put rows claimed but never sent back in the queue (on a stop request)."""
         with self.ctx.sessions.begin() as session:
@@ -226,6 +316,7 @@ class Push:
                 if current is not None and current.status == "started":
                     current.status = "failed" if current.attempts > 1 else "new"
                     current.attempts -= 1
+                    merge_newer_waiting(session, current)
 
     def _deliver_consume(self, rows: list[OutboxEntry]) -> None:
         payload = [{
@@ -251,6 +342,7 @@ class Push:
                 raise
             return
         by_key = {(str(r.get("value")), r.get("id")) for r in results if isinstance(r, dict)}
+        consumed: list[tuple[OutboxEntry, dict[str, dict[str, Any]]]] = []
         for row in rows:
             if (row.indicator_value, row.indicator_id) not in by_key:
                 self._fail(row, PermanentApiError("consume did not return this indicator's id"),
@@ -260,8 +352,11 @@ class Push:
                 self._deliver_one(row)
                 continue
             attributes = {n: {"id": None, "value": v} for n, v in row.desired["attributes"].items()}
-            self._complete(row, attributes)
-            self.counts["consumed"] += 1
+            consumed.append((row, attributes))
+        # One transaction records the whole batch; until it commits, the rows stay
+        # started and a rerun reads them back, as after any crash.
+        self._complete_many(consumed)
+        self.counts["consumed"] += len(consumed)
 
     def _deliver_one(self, row: OutboxEntry) -> None:
         try:
@@ -275,7 +370,9 @@ class Push:
         except ServiceUnavailableError as exc:
             self._fail(row, exc)
             raise
-        except (RetriableApiError, TemporaryStop) as exc:
+        except (RetriableApiError, ResponseFormatError, TemporaryStop) as exc:
+            # A broken body for one indicator fails only its row, which is retried with
+            # backoff, so the other rows of the batch are still delivered.
             self._fail(row, exc)
             return
         self._complete(row, attributes)
@@ -316,22 +413,45 @@ class Push:
     # -- outcomes ------------------------------------------------------------
 
     def _complete(self, row: OutboxEntry, attributes: dict[str, dict[str, Any]]) -> None:
+        self._complete_many([(row, attributes)])
+
+    def _complete_many(
+        self, delivered: list[tuple[OutboxEntry, dict[str, dict[str, Any]]]]
+    ) -> None:
+        """Mark delivered rows completed, with their written_state and verdict_history, at once.
+
+        ``delivered`` pairs each row with the attributes now on its indicator.
+        The rows of one claim belong to different indicators.
+        """
+        if not delivered:
+            return
         now = self.ctx.clock.now()
+        outbox_ids = [row.id for row, _ in delivered]
+        indicator_ids = [row.indicator_id for row, _ in delivered]
+        recorded: list[int] = []
         with self.ctx.sessions.begin() as session:
-            current = session.get(OutboxEntry, row.id)
-            if current is None:
-                return
-            current.status, current.last_error, current.updated_at = "completed", None, now
-            state = session.get(WrittenState, row.indicator_id)
-            if state is None:
-                state = WrittenState(indicator_id=row.indicator_id, attributes={})
-                session.add(state)
-            state.fingerprint, state.verdict, state.written_at = row.fingerprint, row.verdict, now
-            state.attributes = attributes
-            session.add(VerdictHistory(indicator_id=row.indicator_id, verdict=row.verdict,
-                                       fingerprint=row.fingerprint, written_at=now))
-            _cap_history(session, row.indicator_id)
-        self.counts["delivered"] += 1
+            found = session.execute(select(OutboxEntry).where(OutboxEntry.id.in_(outbox_ids)))
+            entries = {entry.id: entry for entry in found.scalars()}
+            found = session.execute(
+                select(WrittenState).where(WrittenState.indicator_id.in_(indicator_ids)))
+            states = {state.indicator_id: state for state in found.scalars()}
+            for row, attributes in delivered:
+                current = entries.get(row.id)
+                if current is None:
+                    continue
+                current.status, current.last_error, current.updated_at = "completed", None, now
+                state = states.get(row.indicator_id)
+                if state is None:
+                    state = WrittenState(indicator_id=row.indicator_id, attributes={})
+                    session.add(state)
+                    states[row.indicator_id] = state
+                state.fingerprint, state.verdict = row.fingerprint, row.verdict
+                state.written_at, state.attributes = now, attributes
+                session.add(VerdictHistory(indicator_id=row.indicator_id, verdict=row.verdict,
+                                           fingerprint=row.fingerprint, written_at=now))
+                recorded.append(row.indicator_id)
+            _cap_histories(session, recorded)
+        self.counts["delivered"] += len(recorded)
 
     def _fail(self, row: OutboxEntry, exc: Exception, retry_at: datetime | None = None) -> None:
         now = self.ctx.clock.now()
@@ -349,6 +469,7 @@ class Push:
                 delay = getattr(exc, "retry_after", None) or backoff_delay(
                     current.attempts, base=30.0, cap=3600.0)
                 current.next_attempt_at = retry_at or now + timedelta(seconds=delay)
+                merge_newer_waiting(session, current)
                 self.counts["failed"] += 1
         log_event(logger, logging.WARNING, "write failed", indicator_id=row.indicator_id,
                   outbox_id=row.id, attempts=row.attempts, error=escape(_describe(exc)),
@@ -369,6 +490,19 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:1000]
 
 
+def _cap_histories(session: Session, indicator_ids: list[int]) -> None:
+    """Keep the newest HISTORY_KEPT verdict_history rows of each of ``indicator_ids``."""
+    if not indicator_ids:
+        return
+    session.flush()
+    crowded = session.execute(
+        select(VerdictHistory.indicator_id).where(VerdictHistory.indicator_id.in_(indicator_ids))
+        .group_by(VerdictHistory.indicator_id).having(func.count() > HISTORY_KEPT)
+    ).scalars().all()
+    for indicator_id in crowded:
+        _cap_history(session, indicator_id)
+
+
 def _cap_history(session: Session, indicator_id: int) -> None:
     session.flush()
     ids = list(session.execute(
@@ -377,6 +511,23 @@ def _cap_history(session: Session, indicator_id: int) -> None:
     ).scalars())
     for history_id in ids:
         session.delete(session.get(VerdictHistory, history_id))
+
+
+def _due_rows(now: datetime) -> Select[tuple[OutboxEntry]]:
+    """Select the rows due for delivery at ``now``, oldest first (see Push._claim)."""
+    earlier = aliased(OutboxEntry)
+    blocked = exists().where(
+        earlier.indicator_id == OutboxEntry.indicator_id,
+        earlier.id != OutboxEntry.id,
+        (earlier.status == "started")
+        | (earlier.status.in_(("new", "failed")) & (earlier.id < OutboxEntry.id)),
+    )
+    return (
+        select(OutboxEntry)
+        .where(OutboxEntry.status.in_(("new", "failed")), OutboxEntry.next_attempt_at <= now,
+               ~blocked)
+        .order_by(OutboxEntry.id)
+    )
 
 
 def _worker_key(worker_id: str) -> int:

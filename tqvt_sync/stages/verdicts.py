@@ -51,23 +51,27 @@ def apply_answer(
 def queue_write(session: Session, indicator: Indicator, write: dict[str, Any], now: datetime) -> bool:
     """Queue ``write`` for ``indicator`` unless it equals what is written or already queued.
 
-    A waiting row (new or failed) is rewritten in place, so an indicator never
-    has two waiting rows. A started row is left alone: the new row waits behind
-    it and push delivers rows of one indicator in id order.
+    A waiting row (new or failed) is rewritten in place. A started row is left
+    alone: the new row waits behind it and push delivers rows of one indicator
+    in id order. When that started row fails, the indicator has two waiting
+    rows, and the newest one is rewritten, because push delivers it last.
     """
     fingerprint_value = write["fingerprint"]
-    waiting = session.execute(
+    # One query reads the waiting and the started rows, newest first.
+    unfinished = session.execute(
         select(OutboxEntry)
-        .where(OutboxEntry.indicator_id == indicator.id, OutboxEntry.status.in_(("new", "failed")))
-        .order_by(OutboxEntry.id)
-    ).scalars().first()
-    state = session.get(WrittenState, indicator.id)
+        .where(OutboxEntry.indicator_id == indicator.id,
+               OutboxEntry.status.in_(("new", "failed", "started")))
+        .order_by(OutboxEntry.id.desc())
+    ).scalars().all()
+    waiting = next((row for row in unfinished if row.status != "started"), None)
     if waiting is None:
-        started = session.execute(
-            select(OutboxEntry.fingerprint).where(
-                OutboxEntry.indicator_id == indicator.id, OutboxEntry.status == "started")
-        ).scalars().first()
-        latest = started or (state.fingerprint if state is not None else None)
+        started = next((row.fingerprint for row in unfinished), None)
+        if started is None:
+            state = session.get(WrittenState, indicator.id)
+            latest = state.fingerprint if state is not None else None
+        else:
+            latest = started
         if latest == fingerprint_value:
             return False
         session.add(OutboxEntry(
@@ -90,3 +94,25 @@ def queue_write(session: Session, indicator: Indicator, write: dict[str, Any], n
     waiting.fingerprint, waiting.verdict = fingerprint_value, write["verdict"]
     waiting.updated_at = now
     return True
+
+
+def merge_newer_waiting(session: Session, row: OutboxEntry) -> None:
+    """Fold a newer waiting row of ``row``'s indicator into ``row``, which is about to wait again.
+
+    A row that was ``started`` while lookup queued a newer one for the same indicator would
+    otherwise wait beside it. Each row holds the complete desired state, so the newer row
+    supersedes ``row``. ``row`` keeps its id, attempts and last error, so the writes of one
+    indicator stay in id order and a write of unknown outcome is still read back before the
+    next send. The newer row is deleted, which keeps one waiting row per indicator.
+    """
+    newer = session.execute(
+        select(OutboxEntry)
+        .where(OutboxEntry.indicator_id == row.indicator_id, OutboxEntry.id > row.id,
+               OutboxEntry.status.in_(("new", "failed")))
+        .order_by(OutboxEntry.id.desc())
+    ).scalars().first()
+    if newer is None:
+        return
+    row.desired, row.fingerprint, row.verdict = newer.desired, newer.fingerprint, newer.verdict
+    row.indicator_value, row.indicator_type = newer.indicator_value, newer.indicator_type
+    session.delete(newer)

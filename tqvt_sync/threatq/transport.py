@@ -289,11 +289,12 @@ class Transport:
         if status is None:
             return ServiceUnavailableError(
                 f"ThreatQ at {self._host} could not be reached for {method} {path} after "
-                f"{attempts} attempts ({reason}); check THREATQ_URL or the network"
+                f"{attempts} attempts ({reason}); check THREATQ_URL and the network, then "
+                "rerun (nothing is lost)"
             )
         return ServiceUnavailableError(
             f"ThreatQ kept failing for {method} {path} after {attempts} attempts "
-            f"(last: {reason}); rerun later"
+            f"(last: {reason}); nothing is lost, rerun later"
         )
 
     def _outcome_unknown(self, method: str, path: str, reason: str,

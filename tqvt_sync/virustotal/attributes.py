@@ -157,10 +157,14 @@ def _text(value: object) -> str | None:
     """Return a one-line, trimmed, length-capped text, or None when nothing is left."""
     if value is None or isinstance(value, (Mapping, list)):
         return None
-    cleaned = "".join(
-        " " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
-        for char in str(value)
-    )
+    cleaned = str(value)
+    # A printable string has no character of the categories replaced below, and
+    # the check runs in C, so most engine names and labels skip the loop.
+    if not cleaned.isprintable():
+        cleaned = "".join(
+            " " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char
+            for char in cleaned
+        )
     cleaned = " ".join(cleaned.split())[:MAX_TEXT_LENGTH]
     return cleaned or None
 

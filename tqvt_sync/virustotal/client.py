@@ -193,24 +193,27 @@ class VirusTotalClient:
 
     def _get(self, path: str) -> tuple[requests.Response, bytes]:
         """Send one GET and read its body. A missing response raises RetriableApiError."""
+        failure = None
         try:
             response = self._session.get(
                 self.base_url + path, headers=self._headers, timeout=self._timeout,
                 verify=self._verify, stream=True, allow_redirects=False,
             )
         except requests.RequestException as exc:
-            # The text of a requests exception contains the URL, and the quota URL
-            # contains the API key, so the cause is not chained.
             failure = describe_transport_error(exc)
+        if failure is not None:
+            # The text of a requests exception contains the URL, and the quota URL
+            # contains the API key, so the error is raised outside the except block:
+            # neither __cause__ nor __context__ refers to the requests exception.
             if failure.certificate_error:
                 raise ConfigError(
                     f"VirusTotal: {failure.description}; check the system CA certificates "
                     "and VT_API_URL"
-                ) from None
+                )
             raise RetriableApiError(
                 f"VirusTotal GET {safe_path(path)} failed: {failure.description}",
                 service=SERVICE, path=safe_path(path),
-            ) from None
+            )
         try:
             return response, read_body(response, SERVICE)
         except BodyReadError:
