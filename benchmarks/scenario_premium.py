@@ -21,13 +21,16 @@ import statistics
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from benchmarks.harness import (
     PREMIUM_PLAN,
     Figure,
+    client_http_timer,
     report,
     seed_threatq,
     settings_for,
+    simulator_timer,
     stage_context,
     urls_of,
 )
@@ -44,8 +47,12 @@ TARGET_SHARE = 0.9
 _CALLS_PER_INDICATOR = 0.9
 
 
-def _lookup_run(calls: int, connections: int) -> tuple[float, list[datetime], dict[str, int]]:
-    """Seed enough indicators for ``calls`` calls, pull them, and time one lookup run."""
+def _lookup_run(calls: int, connections: int) -> tuple[float, list[datetime], dict[str, Any]]:
+    """Seed enough indicators for ``calls`` calls, pull them, and time one lookup run.
+
+    The counts returned also give the seconds spent inside the VirusTotal client
+    (``client_seconds``) and inside the simulator (``served_seconds``) during lookup.
+    """
     size = math.ceil(calls / _CALLS_PER_INDICATOR)
     start = datetime.now(UTC) - timedelta(seconds=size // 3 + 3600)
     with running_simulators(vt_plan=PREMIUM_PLAN) as (tq, vt), \
@@ -56,9 +63,11 @@ def _lookup_run(calls: int, connections: int) -> tuple[float, list[datetime], di
         context = stage_context(settings, SystemClock())
         pull(context, PullOptions(since=start - timedelta(minutes=1)))
         vt.latency = LATENCY
-        started = time.perf_counter()
-        counts = lookup(context)
-        wall = time.perf_counter() - started
+        with client_http_timer() as client, simulator_timer() as served:
+            started = time.perf_counter()
+            counts: dict[str, Any] = dict(lookup(context))
+            wall = time.perf_counter() - started
+        counts["client_seconds"], counts["served_seconds"] = client.seconds, served.seconds
         context.engine.dispose()
         arrivals = vt.accepted_calls(DEFAULT_API_KEY)
         counts["rejected_429"] = sum(vt.rejections[DEFAULT_API_KEY].values())
@@ -76,6 +85,13 @@ def run(quick: bool, figures: list[Figure]) -> None:
                   target=f"ratio >= {TARGET_SHARE}", met=rate / expected >= TARGET_SHARE,
                   note=f"{len(arrivals)} calls in {wall:.1f} s; "
                        f"{counts['rejected_429']} answered 429"), figures)
+    per_call = 1000 / len(arrivals)
+    served, inside = counts["served_seconds"] * per_call, counts["client_seconds"] * per_call
+    outside = (wall - counts["client_seconds"]) * per_call
+    report(Figure(NAME, "time per call, 1 connection", wall * per_call, "ms",
+                  note=f"inside the simulator {served:.1f} ms (with the {LATENCY * 1000:.0f} ms "
+                       f"latency), inside the client {inside:.1f} ms, tqvt outside the client "
+                       f"{outside:.1f} ms"), figures)
 
     later = 100 if quick else 250
     wall, arrivals, counts = _lookup_run(MINUTE_LIMIT + later, 4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import ssl
 import subprocess
 import sys
@@ -48,7 +47,3 @@ def error_line(result: subprocess.CompletedProcess[str]) -> str:
     """Return the ``Error:`` line the CLI printed, or an empty string."""
     lines = [line for line in stderr_lines(result) if line.startswith("Error:")]
     return lines[-1] if lines else ""
-
-
-def environment_path() -> str:
-    return os.environ.get("PATH", "/usr/bin:/bin")

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -28,7 +27,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from loopback_http import refused_url
 from security_support import clean_env, error_line, run_cli
 from support import owned_attributes, sim_env, sim_settings, source_names, stage_context
 from tqvt_sync.clock import FakeClock
@@ -71,6 +69,7 @@ class World:
     ctx: StageContext
     clock: FakeClock
     log: io.StringIO
+    log_format: str
 
     def pull(self) -> dict[str, int]:
         self.clock.advance(2)
@@ -104,7 +103,7 @@ def make_world(tmp_path: Path, clock: FakeClock, log_format: str) -> Iterator[Wo
         log = io.StringIO()
         handler = setup_logging(level="DEBUG", fmt=log_format, stream=log)
         try:
-            yield World(tq, vt, ctx, clock, log)
+            yield World(tq, vt, ctx, clock, log, log_format)
         finally:
             logging.getLogger("tqvt_sync").removeHandler(handler)
             ctx.engine.dispose()
@@ -206,7 +205,7 @@ def test_hostile_values_keep_log_lines_whole(world: World, tmp_path) -> None:
     world.lookup()
     world.push()
     assert counts["not_in_threatq"] == 4
-    check_log(world.log.getvalue(), "json" if world.log.getvalue().startswith("{") else "text")
+    check_log(world.log.getvalue(), world.log_format)
 
 
 def test_hostile_virustotal_text_keeps_logs_whole(world: World) -> None:
@@ -221,9 +220,10 @@ def test_hostile_virustotal_text_keeps_logs_whole(world: World) -> None:
     world.pull()
     world.lookup()
     world.push()
-    written = {a["name"]: a["value"] for a in owned_attributes(world.tq.attributes_of(indicator_id))}
+    owned = owned_attributes(world.tq.attributes_of(indicator_id))
+    written = {attribute["name"]: attribute["value"] for attribute in owned}
     assert written["VirusTotal Verdict"] == "malicious"
-    check_log(world.log.getvalue(), "json" if world.log.getvalue().startswith("{") else "text")
+    check_log(world.log.getvalue(), world.log_format)
 
 
 def test_rejected_listing_escapes_values(text_world: World, tmp_path) -> None:
@@ -322,7 +322,7 @@ def test_broken_attributes_isolated(text_world: World, kind: str) -> None:
     try:
         world.push()
     except ServiceUnavailableError:
-        # ThreatQ kept answering 502: the run stops, and the row waits out its backoff.
+        # ThreatQ kept returning 502, so the run stops and the row waits out its backoff.
         world.push()
     with world.ctx.sessions() as session:
         waiting = session.execute(select(OutboxEntry).where(
@@ -380,8 +380,6 @@ CLI_FAILURES = [
      ("ThreatQ rejected the credentials", "THREATQ_PASSWORD")),
     ("wrong_vt_key", {"VT_API_KEY": "not-the-key"}, ("sync", "run"), 1,
      ("VirusTotal rejected the API key", "VT_API_KEY")),
-    ("threatq_unreachable", {"THREATQ_URL": "refused"}, ("sync", "push"), 75,
-     ("could not be reached", "THREATQ_URL", "nothing is lost")),
 ]
 
 
@@ -393,8 +391,7 @@ def test_cli_failure_keeps_outbox(queued, tmp_path, name: str, changes: dict[str
     database = copy_database(queued, tmp_path)
     before = outbox_rows(database)
     env = clean_env(sim_env(queued["tq"], queued["vt"], str(database)))
-    env.update({key: refused_url() if value == "refused" else value
-                for key, value in changes.items()})
+    env.update(changes)
     result = run_cli(env, *command, cwd=tmp_path)
     assert result.returncode == code, result.stderr
     message = error_line(result)
@@ -434,6 +431,25 @@ def test_corrupt_database_rejected(queued, tmp_path, make, command: tuple[str, .
     assert database.read_bytes() == before
 
 
+def test_unreachable_threatq_keeps_outbox(text_world: World) -> None:
+    """The in-process twin of the CLI cases: retries sleep on the FakeClock, not for real."""
+    world = text_world
+    seed_demo(world.tq, world.vt)
+    world.pull()
+    world.lookup()
+    waiting = world.outbox("new")
+    world.tq.stop()
+    with pytest.raises(ServiceUnavailableError) as caught:
+        world.push()
+    message = str(caught.value)
+    assert caught.value.exit_code == 75
+    assert "could not be reached" in message
+    assert "check THREATQ_URL" in message
+    assert "nothing is lost" in message
+    assert world.outbox("new", "failed", "started") == waiting
+    assert waiting > 30
+
+
 def test_unreachable_virustotal_is_temporary(text_world: World) -> None:
     world = text_world
     seed_demo(world.tq, world.vt)
@@ -443,4 +459,7 @@ def test_unreachable_virustotal_is_temporary(text_world: World) -> None:
         world.lookup()
     assert caught.value.exit_code == 75
     assert "rerun later" in str(caught.value)
-    assert os.path.exists(str(world.ctx.engine.url.database))
+    with world.ctx.sessions() as session:
+        pending = session.scalar(select(func.count()).select_from(Indicator)
+                                 .where(Indicator.status == "pending"))
+    assert pending > 30

@@ -76,8 +76,6 @@ SCENARIOS = [
     Scenario("success", [
         (("sync", "run", "--since", "3650d"), 0),
         (("status",), 0),
-        (("status", "--json"), 0),
-        (("config", "show"), 0),
         (("config", "show", "--json"), 0),
         (("doctor",), 0),
     ]),

@@ -24,7 +24,7 @@ class TickingClock(FakeClock):
         return super().now()
 
 
-def test_lookup_run_fetches_each_identifier_once_with_zero_ttl(db_url, tmp_path):
+def test_lookup_zero_ttl_one_call_each(db_url, tmp_path):
     clock = TickingClock()
     with running_simulators(clock=clock, vt_plan=PLAN) as (tq, vt):
         seed_library(tq, vt, 3, updated_at=clock.now() - timedelta(hours=1))

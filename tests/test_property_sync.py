@@ -1,12 +1,13 @@
 """Stateful property test: source changes, stage runs, crashes and clock moves, mixed at random.
 
 A hypothesis state machine drives both simulators and the four stages in-process on one
-shared FakeClock. After every step it checks what must always hold: tqvt created no
-indicator, touched no attribute of another source, never let VirusTotal reject a call for
-pacing, kept at most one waiting outbox row per indicator and never duplicated one of its
-own attributes. After every step that ends with a complete push cycle (no outbox row left
-to deliver), it also checks that every indicator with a verdict in the database holds each
-expected attribute exactly once, with the source VirusTotal and the expected value.
+shared FakeClock. After every step it checks what must always be true. tqvt created no
+indicator and touched no attribute of another source. VirusTotal rejected no call for
+pacing. No indicator has two waiting outbox rows or two instances of one tqvt attribute.
+A step ends with a complete push cycle when no outbox row is left to deliver. After such
+a step it also checks each indicator with a verdict in the database. The indicator must
+have each expected attribute exactly once, with the source VirusTotal and the expected
+value.
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ ANALYST = "Analyst"
 ANALYST_NAMES = ("Analyst Note", "VirusTotal Verdict", "VirusTotal Score", "Malware Family")
 ANALYST_VALUES = ("benign", "malicious", "9", "see ticket 12")
 CLOCK_STEPS = (1, 61, 3600, 86_400, 3 * 86_400, 8 * 86_400)
-# A short cache lifetime lets clock moves expire answers, so lookups and rewrites recur.
+# A short cache lifetime lets clock moves expire cached responses, so lookups and rewrites recur.
 CACHE_TTL = timedelta(hours=1)
-# Engine counts (malicious, suspicious, harmless) for VirusTotal answers; None is "not found".
+# Engine counts (malicious, suspicious, harmless) of VirusTotal responses. None is "not found".
 VERDICTS = ((0, 0, 0), (0, 0, 5), (0, 3, 0), (1, 0, 5), (6, 0, 0), None)
-# The client timeout is short so a stalled answer costs little wall time.
+# The client timeout is short, so a stalled response costs little wall time.
 HTTP_TIMEOUT = 0.5
 STALL_SECONDS = 0.6
 WRITE_PATHS = r"^/api/(indicators/\d+/attributes|indicators/consume|indicator/\d+/scores)"
@@ -91,7 +92,7 @@ class CrashingClient:
     """A ThreatQ client that raises SimulatedCrash at its ``crash_at``-th write.
 
     With ``after_write`` the write is sent first, so it lands in ThreatQ and only the
-    answer is lost, as when the process dies between sending and recording.
+    response is lost, as when the process dies between sending and recording.
     """
 
     def __init__(self, client: Any, crash_at: int, after_write: bool) -> None:
@@ -184,10 +185,10 @@ class SyncMachine(RuleBasedStateMachine):
         except TemporaryStop:
             pass
 
-    def _push(self, ctx: StageContext | None = None) -> None:
+    def _push(self) -> None:
         self._tick()
         try:
-            push(ctx or self.ctx)
+            push(self.ctx)
         except TemporaryStop:
             pass
 
@@ -222,9 +223,14 @@ class SyncMachine(RuleBasedStateMachine):
         except ValueError:
             pass  # another indicator has this value and type
 
-    @rule(value=st.sampled_from(VALUES), edit=st.sampled_from(VALUES + TYPES))
-    def edit_while_first_write_queued(self, value: str, edit: str) -> None:
+    @rule(index=st.integers(0, 50), edit=st.sampled_from(VALUES + TYPES))
+    def edit_while_first_write_queued(self, index: int, edit: str) -> None:
         """Add an indicator and queue its first write, then change its value or type."""
+        present = {item["value"] for item in self.tq.indicators()}
+        unused = [value for value in VALUES if value not in present]
+        if not unused:
+            return
+        value = unused[index % len(unused)]
         indicator_id = self._add(value, "FQDN" if value in DOMAINS else "IP Address")
         if indicator_id is None:
             return
@@ -245,9 +251,9 @@ class SyncMachine(RuleBasedStateMachine):
 
     @rule(value=st.sampled_from(VALUES), verdict=st.sampled_from(VERDICTS))
     def virustotal_changes(self, value: str, verdict: tuple[int, int, int] | None) -> None:
-        self._set_answer(value, verdict)
+        self._set_response(value, verdict)
 
-    def _set_answer(self, value: str, verdict: tuple[int, int, int] | None) -> None:
+    def _set_response(self, value: str, verdict: tuple[int, int, int] | None) -> None:
         kind = _indicator_kind(value)
         if verdict is None:
             self.vt.mark_not_found(kind, value)
@@ -257,9 +263,9 @@ class SyncMachine(RuleBasedStateMachine):
                               harmless=harmless)
 
     def _queue_rewrites(self, verdict: tuple[int, int, int] | None) -> None:
-        """Give every value a new answer and expire the cache, so the next stages write."""
+        """Give every value a new VirusTotal response and expire the cache, so stages write."""
         for value in VALUES:
-            self._set_answer(value, verdict)
+            self._set_response(value, verdict)
         self.clock.advance(CACHE_TTL.total_seconds() + 1)
         self._pull()
         self._lookup()
@@ -355,6 +361,21 @@ class SyncMachine(RuleBasedStateMachine):
     def push_abandoned_after_claim(self, verdict: tuple[int, int, int] | None) -> None:
         """Queue rewrites, then claim rows like a push run that dies before it sends anything."""
         self._queue_rewrites(verdict)
+        self._abandon_claim()
+
+    @rule(verdict=st.sampled_from(VERDICTS), newer=st.sampled_from(VERDICTS))
+    def orphan_fails_behind_newer_row(self, verdict: tuple[int, int, int] | None,
+                                      newer: tuple[int, int, int] | None) -> None:
+        """Leave rows started, queue newer rows behind them, then fail the first resend."""
+        self._queue_rewrites(verdict)
+        self._abandon_claim()
+        self._queue_rewrites(newer)
+        for method in ("POST", "PUT", "DELETE"):
+            self.tq.faults.inject("reset_after_commit", method=method, path=WRITE_PATHS, times=1)
+        self._push()
+        self.tq.faults.clear()
+
+    def _abandon_claim(self) -> None:
         stage = Push(self.ctx)
         with self.ctx.sessions.begin() as session:
             stage._claim(session, self.clock.now())
@@ -415,6 +436,8 @@ class SyncMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_indicator_created(self) -> None:
+        created = {item["id"] for item in self.tq.indicators()} - self.indicator_ids
+        assert created == set(), "tqvt created an indicator"
         assert {item["id"] for item in self.tq.indicators()} == self.indicator_ids
 
     @invariant()
@@ -422,13 +445,13 @@ class SyncMachine(RuleBasedStateMachine):
         actual = {a["id"]: (item["id"], a["name"], a["value"])
                   for item in self.tq.indicators() for a in item["attributes"]
                   if "VirusTotal" not in source_names(a)}
-        assert actual == self.others
+        assert actual == self.others, "an attribute of another source changed"
 
     @invariant()
     def no_pacing_rejection(self) -> None:
         rejections = self.vt.rejections[DEFAULT_API_KEY]
-        assert rejections["minute"] == 0
-        assert rejections["hourly"] == 0
+        assert rejections["minute"] == 0, "VirusTotal rejected a call for pacing"
+        assert rejections["hourly"] == 0, "VirusTotal rejected a call for pacing"
 
     @invariant()
     def one_waiting_row_per_indicator(self) -> None:
@@ -438,7 +461,7 @@ class SyncMachine(RuleBasedStateMachine):
                 .where(OutboxEntry.status.in_(("new", "failed")))
                 .group_by(OutboxEntry.indicator_id).having(func.count() > 1)
             ).scalars().all()
-        assert crowded == []
+        assert crowded == [], "an indicator has two waiting outbox rows"
 
     @invariant()
     def tqvt_attributes_never_duplicated(self) -> None:
@@ -466,14 +489,14 @@ class SyncMachine(RuleBasedStateMachine):
             assert set(actual) <= set(expected), f"indicator {indicator_id}"
 
     def _expected_attributes(self) -> dict[int, dict[str, str]]:
-        """Return, per indicator with a verdict, the attributes its cached answer gives."""
+        """Return, per indicator with a verdict, the attributes built from its cached response."""
         expected = {}
         with self.ctx.sessions() as session:
             rows = session.execute(select(Indicator).where(
                 Indicator.status.in_(("looked_up", "not_found")))).scalars().all()
             for indicator in rows:
                 cached = find_object(session, indicator.kind, indicator.identifier)
-                assert cached is not None, f"indicator {indicator.id} has no cached answer"
+                assert cached is not None, f"indicator {indicator.id} has no cached response"
                 summary = unpack_summary(cached.summary) if cached.found else None
                 write = desired_write(self.settings, cached.kind, summary)
                 expected[indicator.id] = write["attributes"]
@@ -482,7 +505,7 @@ class SyncMachine(RuleBasedStateMachine):
 
 def _machine_settings(**overrides: Any) -> settings:
     options: dict[str, Any] = {
-        "max_examples": 25,
+        "max_examples": 15,
         "stateful_step_count": 20,
         "deadline": None,
         "database": None,
@@ -502,6 +525,7 @@ def test_property_detects_disabled_reconcile(monkeypatch) -> None:
     monkeypatch.setenv(DISABLE_RECONCILE_ENV, "1")
     quick = _machine_settings(max_examples=60, derandomize=True, report_multiple_bugs=False,
                               phases=[Phase.explicit, Phase.generate])
-    # Without the read-back, an orphaned write is sent again as a consume, which appends.
-    with pytest.raises(AssertionError, match=r"^indicator \d+"):
+    # Without the read-back, an orphaned write is sent again as a consume, which appends
+    # attributes, or creates an indicator whose value or type changed since the pull.
+    with pytest.raises(AssertionError, match=r"^(indicator \d+|tqvt created an indicator)"):
         run_state_machine_as_test(SyncMachine, settings=quick)

@@ -291,7 +291,7 @@ def test_overall_quotas_refused_hides_key() -> None:
     assert API_KEY not in str(caught.value)
     assert "/users/***/overall_quotas" in str(caught.value)
     assert caught.value.__cause__ is None
-    assert caught.value.__suppress_context__ is True
+    assert caught.value.__context__ is None
 
 
 # Configuration

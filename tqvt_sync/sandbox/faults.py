@@ -16,8 +16,8 @@ decides the response. Fault kinds:
 - ``reset_after_commit``: process the request (its write is applied), then shut the
   connection down without responding.
 - ``status_after_commit``: process the request (its write is applied), then send
-  ``status`` (default 502) and the API's own JSON error body instead of its answer, as
-  a proxy does when the backend answers too late.
+  ``status`` (default 502) and the API's own JSON error body instead of the response, as
+  a proxy does when the backend responds too late.
 - ``stall_after_commit``: process the request, then sleep ``seconds`` real seconds
   before responding, to exceed a client's timeout.
 - ``latency``: sleep ``seconds`` real seconds, then process the request normally.

@@ -15,6 +15,7 @@ import logging
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -251,6 +252,14 @@ class _Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name = "127.0.0.1"
         self.server_port = self.server_address[1]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that gave up on a stalled or faulted response resets the connection,
+        # which the base class would print as a traceback on stderr.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("connection from %s was reset", client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -37,6 +37,25 @@ def find_object(session: Session, kind: str, identifier: str) -> VtObject | None
     ).scalar_one_or_none()
 
 
+def uncached_pairs(session: Session, pairs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Return the (kind, identifier) pairs that ``find_object`` would find no row for.
+
+    Reads the aliases and the object keys of all ``pairs`` with two queries per
+    500 identifiers.
+    """
+    identifiers = sorted({identifier for _, identifier in pairs})
+    present: set[tuple[str, str]] = set()
+    for start in range(0, len(identifiers), 500):
+        chunk = identifiers[start:start + 500]
+        aliases = session.execute(
+            select(VtAlias.kind, VtAlias.identifier).where(VtAlias.identifier.in_(chunk)))
+        present.update((kind, identifier) for kind, identifier in aliases)
+        objects = session.execute(
+            select(VtObject.kind, VtObject.object_key).where(VtObject.object_key.in_(chunk)))
+        present.update((kind, key) for kind, key in objects)
+    return pairs - present
+
+
 def find_fresh(session: Session, kind: str, identifier: str, now: datetime) -> VtObject | None:
     """Return the cached object for ``identifier`` when its TTL has not run out."""
     row = find_object(session, kind, identifier)

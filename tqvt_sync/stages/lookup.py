@@ -42,7 +42,7 @@ from tqvt_sync.quota import (
     next_midnight,
     next_month_start,
 )
-from tqvt_sync.stages.cache import find_fresh, store_answer
+from tqvt_sync.stages.cache import find_fresh, store_answer, uncached_pairs
 from tqvt_sync.stages.common import StageContext, add_to_counters, recorded_run, stage_lock
 from tqvt_sync.stages.verdicts import apply_answer
 from tqvt_sync.virustotal.attributes import summarize
@@ -131,6 +131,9 @@ class Lookup:
                        "not_found": 0, "queued_writes": 0, "errors": 0}
         self._unexplained_429 = 0
         self._rng = random.Random()
+        # (kind, identifier) pairs of the current batch that have no cache row at all.
+        # Only filled on SQLite, where no other lookup process stores answers meanwhile.
+        self._uncached: set[tuple[str, str]] = set()
 
     # -- quota ------------------------------------------------------------
 
@@ -280,7 +283,8 @@ class Lookup:
             if not self._lock_identifier(session, group):
                 return False
             now = self.ctx.clock.now()
-            if self.serve_from_cache(session, group, now):
+            uncached = (group.kind, group.identifier) in self._uncached
+            if not uncached and self.serve_from_cache(session, group, now):
                 return True
             if is_sqlite(self.ctx.engine):
                 # Release SQLite's write lock before the network call.
@@ -343,6 +347,9 @@ class Lookup:
         with session.no_autoflush:
             cached = store_answer(session, kind=group.kind, identifier=group.identifier,
                                   summary=summary, now=now, ttl=ttl)
+            # Both aliases of the new row can now answer later groups of the batch.
+            self._uncached.discard((group.kind, group.identifier))
+            self._uncached.discard((group.kind, cached.object_key))
             indicators = self._claim(session, group, now)
             self.counts["queued_writes"] += apply_answer(session, settings, indicators, cached,
                                                          now)
@@ -391,6 +398,11 @@ class Lookup:
                     continue
                 with self.ctx.sessions() as session:
                     groups = due_groups(session, due_at, BATCH_IDENTIFIERS)
+                    if is_sqlite(self.ctx.engine):
+                        # One query for the batch replaces a cache read per identifier
+                        # that was never cached.
+                        self._uncached = uncached_pairs(
+                            session, {(group.kind, group.identifier) for group in groups})
                 if not groups:
                     return self.counts
                 if self.max_calls is not None and self.counts["calls"] >= self.max_calls:

@@ -6,16 +6,19 @@ follows it, so a crash repeats at most one page and never skips one.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import os
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from tqvt_sync.db.models import Cursor, Indicator
@@ -90,14 +93,20 @@ def _carries_vt_names(item: dict[str, Any]) -> bool:
     return any(isinstance(a, dict) and a.get("name") in OWNED_NAMES for a in attributes)
 
 
+class _NewIndicator(SimpleNamespace):
+    """The columns of an indicator row that ``_store_page`` inserts with its page in bulk."""
+
+
 def upsert_indicator(
     session: Session, ctx: StageContext, item: dict[str, Any], now: datetime,
-    known: dict[int, Indicator] | None = None,
+    known: dict[int, Indicator | _NewIndicator] | None = None,
 ) -> str | None:
     """Store one indicator from ThreatQ; return None when it was stored, else why not.
 
     ``known`` maps ids to their stored rows, as ``load_stored`` returns them for a
-    whole page; without it the row is read with one query.
+    whole page. With it, a new indicator is added to ``known`` as a _NewIndicator
+    for the caller to insert; without it, the row is read with one query and a new
+    one is added to the session.
     """
     indicator_id, value = item.get("id"), item.get("value")
     if isinstance(indicator_id, bool) or not isinstance(indicator_id, int):
@@ -109,12 +118,14 @@ def upsert_indicator(
     result = normalize(
         type_name, value, type_map=settings.types, lookup_private_ips=settings.lookup_private_ips,
     )
+    row: Indicator | _NewIndicator | None
     row = session.get(Indicator, indicator_id) if known is None else known.get(indicator_id)
-    if row is None:
+    if row is None and known is None:
         row = Indicator(id=indicator_id, next_lookup_at=None)
         session.add(row)
-        if known is not None:
-            known[indicator_id] = row
+    elif row is None:
+        row = _NewIndicator(id=indicator_id, next_lookup_at=None, looked_up_at=None)
+        known[indicator_id] = row  # type: ignore[index]
     elif row.kind == result.kind and row.identifier == result.identifier and (
         row.status not in ("invalid", "unsupported", "skipped") or row.status == result.status
     ):
@@ -128,7 +139,10 @@ def upsert_indicator(
     return None
 
 
-def _refresh(row: Indicator, item: dict[str, Any], type_name: str, value: str, now: datetime) -> None:
+def _refresh(
+    row: Indicator | _NewIndicator, item: dict[str, Any], type_name: str, value: str,
+    now: datetime,
+) -> None:
     row.value, row.type_name = value, type_name
     row.tq_score = _score(item)
     row.tq_updated_at = parse_tq_time(item.get("updated_at"))
@@ -167,14 +181,16 @@ def pull(ctx: StageContext, options: PullOptions) -> dict[str, int]:
     return counts
 
 
-def load_stored(session: Session, items: list[dict[str, Any]]) -> dict[int, Indicator]:
+def load_stored(
+    session: Session, items: list[dict[str, Any]]
+) -> dict[int, Indicator | _NewIndicator]:
     """Return the stored rows of the indicators in ``items`` by id, read with few queries.
 
     One query per page replaces one per indicator, and no query runs between the
     rows that a page adds, so the session inserts them in one batch.
     """
     ids = sorted({_id(item) for item in items} - {-1})
-    known: dict[int, Indicator] = {}
+    known: dict[int, Indicator | _NewIndicator] = {}
     for start in range(0, len(ids), LOAD_CHUNK):
         chunk = ids[start:start + LOAD_CHUNK]
         rows = session.execute(select(Indicator).where(Indicator.id.in_(chunk))).scalars()
@@ -194,6 +210,10 @@ def _store_page(
         else:
             counts["rejected"] += 1
             log_event(logger, logging.WARNING, "indicator rejected", reason=problem)
+    # One executemany for the new rows costs a fraction of the session's unit of work.
+    added = [vars(row) for row in known.values() if isinstance(row, _NewIndicator)]
+    if added:
+        session.execute(insert(Indicator), added)
     counts["pages"] += 1
 
 
@@ -222,39 +242,73 @@ def _pull_updated_since(
         start = options.since or signpost - timedelta(hours=24)
         position = {"updated_at": format_tq_time(start), "id": 0, "ties": 0}
     criteria = _type_criteria(options.types)
-    # The next page is fetched in this thread while the current one is committed,
-    # so the network wait and the database work overlap. The cursor still moves
-    # only with a committed page.
-    with ThreadPoolExecutor(1, thread_name_prefix="tqvt-pull-fetch") as fetcher:
-        prefetched: Future[tuple[Any, list[dict[str, Any]]]] | None = None
-        while not ctx.stop.is_set():
-            try:
-                if prefetched is not None:
-                    page, items = prefetched.result()
-                else:
-                    page, items = _next_page(ctx, client, criteria, position)
-            except PermanentApiError as exc:
-                if counts["pages"] == 0 and exc.status == 400:
-                    log_event(logger, logging.WARNING,
-                              "updated_at filter rejected; scanning by sort", status=exc.status)
-                    _pull_descending(ctx, client, options, counts, run_id, name, signpost)
-                    return
-                raise
-            prefetched = None
-            if page is None:
-                _drain_boundary_second(ctx, client, criteria, position, counts, run_id, name,
-                                       signpost)
-                continue
-            taken = _take_until_signpost(items, position, signpost)
-            last = len(page.items) < _page_limit(ctx, position) or len(taken) < len(items)
-            if not last:
-                following = dict(position)
-                for item in taken:
-                    _advance(following, item)
-                prefetched = fetcher.submit(_next_page, ctx, client, criteria, following)
-            _commit_page(ctx, taken, position, counts, run_id, name, signpost)
-            if last:
+    # The next page is fetched in another thread while the current one is
+    # committed, so the network wait and the database work overlap. The cursor
+    # still moves only with a committed page.
+    prefetched: _Prefetch | None = None
+    while not ctx.stop.is_set():
+        try:
+            if prefetched is not None:
+                page, items = prefetched.result()
+            else:
+                page, items = _next_page(ctx, client, criteria, position)
+        except PermanentApiError as exc:
+            if counts["pages"] == 0 and exc.status == 400:
+                log_event(logger, logging.WARNING,
+                          "updated_at filter rejected; scanning by sort", status=exc.status)
+                _pull_descending(ctx, client, options, counts, run_id, name, signpost)
                 return
+            raise
+        prefetched = None
+        if page is None:
+            _drain_boundary_second(ctx, client, criteria, position, counts, run_id, name,
+                                   signpost)
+            continue
+        taken = _take_until_signpost(items, position, signpost)
+        last = len(page.items) < _page_limit(ctx, position) or len(taken) < len(items)
+        if not last:
+            following = dict(position)
+            for item in taken:
+                _advance(following, item)
+            prefetched = _Prefetch(_next_page, ctx, client, criteria, following)
+        _commit_page(ctx, taken, position, counts, run_id, name, signpost)
+        if last:
+            return
+    if prefetched is not None:
+        # A stop request ends the run after the request in flight, whose page is dropped.
+        prefetched.wait()
+
+
+class _Prefetch:
+    """One call of ``function`` in a daemon thread, so an interrupted process need not wait.
+
+    The call runs in a copy of the caller's context, so its log lines carry the
+    run's fields.
+    """
+
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        self._outcome: tuple[Any, BaseException | None] = (None, None)
+        self._context = contextvars.copy_context()
+        self._thread = threading.Thread(target=self._run, args=(function, args),
+                                        name="tqvt-pull-fetch", daemon=True)
+        self._thread.start()
+
+    def _run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self._outcome = (self._context.run(function, *args), None)
+        except BaseException as exc:  # handed to the caller of result()
+            self._outcome = (None, exc)
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        """Return what the call returned, or raise what it raised."""
+        self._thread.join()
+        value, error = self._outcome
+        if error is not None:
+            raise error
+        return value
 
 
 def _page_limit(ctx: StageContext, position: dict[str, Any]) -> int:

@@ -281,7 +281,7 @@ class Push:
                 self._deliver_one(row)
 
     def _unchanged_in_threatq(self, rows: list[OutboxEntry]) -> set[int]:
-        """Return the ids of the rows whose indicator ThreatQ holds with the row's value and type.
+        """Return the ids of the rows whose indicator still has the row's value and type in ThreatQ.
 
         consume matches by value and type and creates any indicator it does not find, so a
         row whose indicator was renamed or retyped since it was pulled, or whose value and
@@ -291,14 +291,14 @@ class Push:
         """
         values = sorted({row.indicator_value for row in rows})
         criteria = {"+or": [{"value": value} for value in values]}
-        held: set[tuple[int, str, str]] = set()
+        current_keys: set[tuple[int, str, str]] = set()
         try:
             for page in self.client.iter_indicator_pages(criteria, None, sort="id",
                                                          relations=("type",)):
                 for item in page.items:
                     kind = item.get("type")
                     type_name = kind.get("name") if isinstance(kind, dict) else None
-                    held.add((item.get("id"), str(item.get("value")), str(type_name)))
+                    current_keys.add((item.get("id"), str(item.get("value")), str(type_name)))
         except AuthenticationError:
             raise
         except (ApiError, TemporaryStop) as exc:
@@ -306,7 +306,7 @@ class Push:
                       "writing them one by one", error=escape(_describe(exc)))
             return set()
         return {row.id for row in rows
-                if (row.indicator_id, row.indicator_value, row.indicator_type) in held}
+                if (row.indicator_id, row.indicator_value, row.indicator_type) in current_keys}
 
     def _release_unsent(self, rows: list[OutboxEntry]) -> None:
         """Put rows claimed but never sent back in the queue (on a stop request)."""

@@ -100,7 +100,7 @@ def merge_newer_waiting(session: Session, row: OutboxEntry) -> None:
     """Fold a newer waiting row of ``row``'s indicator into ``row``, which is about to wait again.
 
     A row that was ``started`` while lookup queued a newer one for the same indicator would
-    otherwise wait beside it. Each row holds the complete desired state, so the newer row
+    otherwise wait beside it. Each row contains the complete desired state, so the newer row
     supersedes ``row``. ``row`` keeps its id, attempts and last error, so the writes of one
     indicator stay in id order and a write of unknown outcome is still read back before the
     next send. The newer row is deleted, which keeps one waiting row per indicator.
