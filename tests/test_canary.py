@@ -166,6 +166,9 @@ def run_scenario(scenario: Scenario, log_format: str, workdir: Path) -> list[Out
 def outcomes(tmp_path_factory) -> dict[tuple[str, str], list[Outcome]]:
     root = tmp_path_factory.mktemp("canary")
     jobs = [(scenario, log_format) for scenario in SCENARIOS for log_format in FORMATS]
+    # The unreachable scenario sleeps between its retries, so it starts first and its
+    # sleeps overlap the other runs.
+    jobs.sort(key=lambda job: job[0].name != "threatq_unreachable")
     with ThreadPoolExecutor(WORKERS) as pool:
         futures = {(scenario.name, log_format): pool.submit(
             run_scenario, scenario, log_format, root / f"{scenario.name}-{log_format}")
@@ -225,9 +228,9 @@ def test_database_password_hidden(tmp_path) -> None:
         unreachable = secret_url.set(port=int(refused_url().rsplit(":", 1)[1]))
         runs = []
         for database, commands in (
-            (secret_url, [(("sync", "run", "--since", "3650d"), 0), (("status",), 0),
-                          (("config", "show"), 0), (("doctor",), 0)]),
-            (unreachable, [(("status",), 75), (("doctor",), 1)]),
+            (secret_url, [(("sync", "run", "--since", "3650d"), 0), (("config", "show"), 0),
+                          (("doctor",), 0)]),
+            (unreachable, [(("status",), 75)]),
         ):
             env = base_env(tq, vt, database.render_as_string(hide_password=False))
             for log_format in FORMATS:
@@ -235,7 +238,7 @@ def test_database_password_hidden(tmp_path) -> None:
                     result = run_cli(env, "--log-level", "DEBUG", "--log-format", log_format,
                                      *command, cwd=tmp_path)
                     runs.append((expected, result))
-    assert len(runs) == 12
+    assert len(runs) == 8
     for expected, result in runs:
         assert result.returncode == expected, (result.args, result.stderr[-2000:])
         assert leaks(result.stdout.encode()) == [], result.args

@@ -146,3 +146,39 @@ def test_retry_needs_exactly_one_target(outbox_db, capsys, args):
         "Usage: tqvt outbox retry [OPTIONS] [ROW_ID]\n"
         "Try 'tqvt outbox retry --help' for help.\n\n"
         "Error: Give one outbox row id or --all-dead.\n"))
+
+
+def test_retry_dead_row_merges_newer_waiting_row(tmp_path):
+    """A retried dead row and a newer waiting row of one indicator become one waiting row."""
+    from datetime import UTC, datetime
+
+    from click.testing import CliRunner
+    from sqlalchemy import select
+
+    from tqvt_sync.cli.main import cli
+    from tqvt_sync.db import migrate
+    from tqvt_sync.db.engine import make_engine, session_factory
+    from tqvt_sync.db.models import OutboxEntry
+
+    db_path = tmp_path / "merge.db"
+    engine = make_engine(f"sqlite:///{db_path}")
+    migrate.upgrade(engine)
+    now = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+    sessions = session_factory(engine)
+    with sessions.begin() as session:
+        for status, verdict in (("dead", "harmless"), ("new", "malicious")):
+            session.add(OutboxEntry(
+                indicator_id=7, indicator_value="example.com", indicator_type="FQDN",
+                desired={"attributes": {"VirusTotal Verdict": verdict}, "score": None},
+                fingerprint=verdict.ljust(64, "0"), verdict=verdict, status=status,
+                attempts=8 if status == "dead" else 0, next_attempt_at=now,
+                created_at=now, updated_at=now,
+            ))
+    result = CliRunner().invoke(cli, ["--db", str(db_path), "outbox", "retry", "--all-dead"])
+    assert result.exit_code == 0, result.output
+    with sessions() as session:
+        rows = session.execute(select(OutboxEntry).order_by(OutboxEntry.id)).scalars().all()
+    assert len(rows) == 1
+    assert rows[0].status == "failed"
+    assert rows[0].verdict == "malicious"
+    engine.dispose()

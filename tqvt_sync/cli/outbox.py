@@ -6,6 +6,7 @@ import json
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tqvt_sync.cli.runtime import Runtime
 from tqvt_sync.db.models import OUTBOX_STATUSES, OutboxEntry
@@ -63,10 +64,36 @@ def retry(runtime: Runtime, row_id: int | None, all_dead: bool) -> None:
             query = query.where(OutboxEntry.id == row_id, OutboxEntry.status.in_(("dead", "failed")))
         else:
             query = query.where(OutboxEntry.status == "dead")
-        rows = session.execute(query).scalars().all()
+        rows = session.execute(query.order_by(OutboxEntry.id)).scalars().all()
         for row in rows:
             row.status, row.attempts, row.next_attempt_at, row.updated_at = "failed", 1, now, now
+        session.flush()
+        _keep_one_waiting_row(session, {row.indicator_id for row in rows})
     if row_id is not None and not rows:
         raise click.ClickException(f"Outbox row {row_id} does not exist or is not dead or failed; "
                                    "see 'tqvt outbox list'.")
     click.echo(f"Queued {len(rows)} row{'s' if len(rows) != 1 else ''} again; run 'tqvt sync push'.")
+
+
+def _keep_one_waiting_row(session: Session, indicator_ids: set[int]) -> None:
+    """Leave one waiting row per indicator: the oldest, carrying the newest desired state.
+
+    A retried dead row can meet a newer waiting row of the same indicator. The
+    oldest row keeps its id, so the indicator's writes stay in order, and it
+    takes the newest row's content because every row holds the complete state.
+    """
+    for indicator_id in indicator_ids:
+        waiting = session.execute(
+            select(OutboxEntry)
+            .where(OutboxEntry.indicator_id == indicator_id,
+                   OutboxEntry.status.in_(("new", "failed")))
+            .order_by(OutboxEntry.id)
+        ).scalars().all()
+        if len(waiting) < 2:
+            continue
+        keep, newest = waiting[0], waiting[-1]
+        keep.desired, keep.fingerprint, keep.verdict = newest.desired, newest.fingerprint, newest.verdict
+        keep.indicator_value, keep.indicator_type = newest.indicator_value, newest.indicator_type
+        keep.status = "failed"
+        for extra in waiting[1:]:
+            session.delete(extra)
