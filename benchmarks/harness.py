@@ -1,4 +1,4 @@
-"""What the benchmark scenarios share: seeding, settings, timers and the result table."""
+"""Shared parts of the benchmark scenarios: seeding, settings, timers and the result table."""
 
 from __future__ import annotations
 
@@ -259,8 +259,8 @@ def median(values: list[float]) -> float:
 
 
 def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+    last_minute, last_five, last_fifteen = os.getloadavg()
+    return f"{last_minute:.2f} {last_five:.2f} {last_fifteen:.2f}"
 
 
 def report(figure: Figure, sink: list[Figure]) -> Figure:

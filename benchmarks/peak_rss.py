@@ -2,11 +2,12 @@
 
     python -m benchmarks.peak_rss COMMAND [ARGUMENT ...]
 
-Linux starts a child's ``ru_maxrss`` at the resident size of the process that
-forked it, so a command started straight from the benchmark runner (which holds
-simulators and results) would report at least the runner's size. This small
-process forks the command instead. The command's standard output is discarded
-and its standard error is passed through.
+On Linux a child's ``ru_maxrss`` includes the memory it shared with the process
+that forked it until ``exec``. A command started straight from the benchmark
+runner (which contains simulators and results) therefore reported the runner's
+size, the same for every stage. This small process forks the command instead.
+The command's standard output is discarded and its standard error is passed
+through.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def _split(records) -> tuple[Counter[int], int]:
     return per_indicator, shared
 
 
-def _change_answers(vt, tq, ids: list[int]) -> None:
+def _change_responses(vt, tq, ids: list[int]) -> None:
     """Give every third looked-up indicator a different VirusTotal verdict."""
     for index, indicator_id in enumerate(ids):
         value, type_name = indicator_value(index)
@@ -89,7 +89,7 @@ def run(quick: bool, figures: list[Figure]) -> None:
         new_requests = tq.requests.snapshot()[first:]
 
         before = {indicator_id: _owned(tq, indicator_id) for indicator_id in ids}
-        _change_answers(vt, tq, ids)
+        _change_responses(vt, tq, ids)
         clock.advance(timedelta(days=8).total_seconds())
         lookup(context)
         second = len(tq.requests)

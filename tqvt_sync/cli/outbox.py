@@ -80,7 +80,7 @@ def _keep_one_waiting_row(session: Session, indicator_ids: set[int]) -> None:
 
     A retried dead row can meet a newer waiting row of the same indicator. The
     oldest row keeps its id, so the indicator's writes stay in order, and it
-    takes the newest row's content because every row holds the complete state.
+    takes the newest row's content because every row contains the complete state.
     """
     for indicator_id in indicator_ids:
         waiting = session.execute(

@@ -132,7 +132,7 @@ class Lookup:
         self._unexplained_429 = 0
         self._rng = random.Random()
         # (kind, identifier) pairs of the current batch that have no cache row at all.
-        # Only filled on SQLite, where no other lookup process stores answers meanwhile.
+        # It is filled on SQLite only, where no other lookup process stores responses.
         self._uncached: set[tuple[str, str]] = set()
 
     # -- quota ------------------------------------------------------------
@@ -199,7 +199,7 @@ class Lookup:
             self._unexplained_429 += 1
             if self._unexplained_429 > MAX_UNEXPLAINED_429:
                 raise ServiceUnavailableError(
-                    "VirusTotal keeps answering 429 QuotaExceededError although the quotas "
+                    "VirusTotal keeps responding 429 QuotaExceededError although the quotas "
                     "endpoint shows calls left; rerun later."
                 )
             log_event(logger, logging.WARNING, "per-minute quota hit; waiting",

@@ -104,9 +104,9 @@ def upsert_indicator(
     """Store one indicator from ThreatQ; return None when it was stored, else why not.
 
     ``known`` maps ids to their stored rows, as ``load_stored`` returns them for a
-    whole page. With it, a new indicator is added to ``known`` as a _NewIndicator
-    for the caller to insert; without it, the row is read with one query and a new
-    one is added to the session.
+    whole page. A new indicator then goes into ``known`` as a _NewIndicator, which
+    the caller inserts. Without ``known``, the row is read with one query and a new
+    row is added to the session.
     """
     indicator_id, value = item.get("id"), item.get("value")
     if isinstance(indicator_id, bool) or not isinstance(indicator_id, int):
