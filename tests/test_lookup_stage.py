@@ -228,3 +228,15 @@ def test_settings_replace_keeps_types(make_ctx):
     ctx = make_ctx()
     copy = dataclasses.replace(ctx.settings, write_score=True)
     assert copy.types == ctx.settings.types
+
+
+def test_lookup_reserve_not_below_daily_limit(sims, make_ctx, clock):
+    from tqvt_sync.errors import ConfigError
+
+    tq, vt = sims
+    seed_hashes(tq, vt, clock)
+    ctx = make_ctx(daily_reserve=PLAN.daily)
+    pulled(ctx, clock)
+    with pytest.raises(ConfigError, match="TQVT_DAILY_RESERVE"):
+        lookup(ctx)
+    assert vt_object_calls(vt) == 0

@@ -101,7 +101,10 @@ def read_dotenv(path: Path) -> dict[str, str]:
     as empty. Values are literal because ``${VAR}`` expansion is off."""
     if not path.is_file():
         return {}
-    values = dotenv_values(path, interpolate=False, encoding="utf-8")
+    try:
+        values = dotenv_values(path, interpolate=False, encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"The .env file {path} is not UTF-8 text; save it as UTF-8.") from None
     return {key: value for key, value in values.items() if value is not None}
 
 
@@ -126,6 +129,8 @@ def read_toml(path: Path) -> dict[str, object]:
                           f"{CONFIG_FILE_ENV}.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Invalid TOML in config file {path}: {exc}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file {path} is not UTF-8 text; save it as UTF-8.") from None
     except OSError as exc:
         raise ConfigError(f"Cannot read config file {path}: {exc.strerror}.") from None
 

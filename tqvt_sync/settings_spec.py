@@ -156,6 +156,10 @@ SETTINGS_BY_NAME: dict[str, SettingSpec] = {spec.name: spec for spec in SETTINGS
 SECRET_NAMES: frozenset[str] = frozenset(spec.name for spec in SETTINGS if spec.secret)
 
 
+# Ten years; longer TTLs would overflow datetime arithmetic and serve no purpose.
+MAX_DURATION_SECONDS = 3650 * 86400
+
+
 def parse_duration(raw: object) -> timedelta:
     """Parse ``90s``, ``15m``, ``12h``, ``7d``, ``1w`` or a plain number of seconds.
 
@@ -173,6 +177,8 @@ def parse_duration(raw: object) -> timedelta:
                          "s, m, h, d or w")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError("a duration cannot exceed 3650d (ten years)")
     return timedelta(seconds=seconds)
 
 

@@ -31,9 +31,16 @@ def parse_since(text: str) -> datetime:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise click.BadParameter(
-            f"{text!r} is neither a date like 2026-01-31 or 2026-01-31T08:00 nor an age like 7d"
+            f"{text!r} is neither a date like 2026-01-31 or 2026-01-31T08:00 nor an age like 7d.",
+            param_hint="'--since'",
         ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment > datetime.now(UTC):
+        raise click.BadParameter(
+            f"{text!r} is in the future; give a past date or an age like 7d.",
+            param_hint="'--since'",
+        )
+    return moment
 
 
 def parse_interval(text: str) -> float:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from tqvt_sync.db.engine import LOOKUP_IDENTIFIER_LOCK, is_sqlite, try_transaction_lock
 from tqvt_sync.db.models import Indicator
 from tqvt_sync.errors import (
+    ConfigError,
     AuthenticationError,
     PermanentApiError,
     QuotaExhaustedError,
@@ -156,6 +157,11 @@ class Lookup:
                 source="settings",
                 used_today=limits.used_today,
                 used_month=limits.used_month,
+            )
+        if settings.daily_reserve >= limits.daily:
+            raise ConfigError(
+                f"TQVT_DAILY_RESERVE={settings.daily_reserve} leaves no call of the daily limit "
+                f"of {limits.daily}; set it below {limits.daily}."
             )
         self.ledger.apply_limits(limits)
 

@@ -241,6 +241,9 @@ def _pull_updated_since(
     if not position:
         start = options.since or signpost - timedelta(hours=24)
         position = {"updated_at": format_tq_time(start), "id": 0, "ties": 0}
+    elif options.since is not None:
+        log_event(logger, logging.WARNING, "--since ignored: the cursor already exists",
+                  cursor=name, updated_at=position.get("updated_at"))
     criteria = _type_criteria(options.types)
     # The next page is fetched in another thread while the current one is
     # committed, so the network wait and the database work overlap. The cursor
