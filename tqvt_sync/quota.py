@@ -4,7 +4,7 @@ VirusTotal sends no rate-limit headers, so every process that shares a state
 database books each call in the ``quota_ledger`` row of its API key before the
 call is sent. Booking happens in a short transaction that holds the row's write
 lock (``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on PostgreSQL),
-so no 60-second window ever holds more booked calls than the minute limit,
+so no 60-second window ever contains more booked calls than the minute limit,
 however many processes or threads book at once.
 """
 

@@ -163,7 +163,7 @@ class Counter(Base):
 
 
 class WrittenState(Base):
-    """What tqvt last wrote onto one indicator and which attribute instances it owns."""
+    """The last attribute set tqvt wrote onto one indicator, with the instances it owns."""
 
     __tablename__ = "written_state"
 

@@ -1,4 +1,4 @@
-"""What every stage shares: the context it runs in, its lock and its run record."""
+"""Stage context, stage lock and run record, shared by every stage."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ OWNED_NAMES = frozenset(ATTRIBUTE_NAMES)
 
 @dataclass
 class PullOptions:
-    """What to pull: the updated-since scan (default), a collection or a values file."""
+    """Pull source selection: the updated-since scan (default), a collection or a values file."""
 
     since: datetime | None = None
     collection: str | None = None
@@ -226,7 +226,7 @@ def _pull_updated_since(
 ) -> None:
     """Walk indicators by (updated_at, id) from the cursor up to the run's signpost.
 
-    The cursor holds the (updated_at, id) of the last indicator stored and how
+    The cursor contains the (updated_at, id) of the last indicator stored and how
     many stored indicators share that updated_at (``ties``). The next query
     asks for updated_at >= the cursor time, sorted by (updated_at, id), with an
     offset of ties - 1, so its first item must be the cursor's own indicator.
