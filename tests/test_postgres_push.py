@@ -149,7 +149,7 @@ def test_postgres_push_survives_killed_worker(pg_url, tmp_path, engine_of):
         # starts in a fraction of a second and the queue outlasts the 20 kills.
         forker = subprocess.Popen([sys.executable, FORKING_CLI], env=env, text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        kills = 0
+        kills = kills_with_orphans = 0
         survivor_ran_throughout = True
         for _ in range(KILLS):
             forker.stdin.write("sync push\n")
@@ -163,6 +163,10 @@ def test_postgres_push_survives_killed_worker(pg_url, tmp_path, engine_of):
             wait_for(lambda: not _alive(victim), 10, "the victim's end")
             kills += 1
             known |= claimed
+            # A victim may finish its batch before the kill; count the kills that
+            # left started rows behind.
+            orphaned = _started_by(engine) & claimed
+            kills_with_orphans += bool(orphaned)
             survivor_ran_throughout = survivor_ran_throughout and survivor.poll() is None
         forker.stdin.close()
         forker.wait(timeout=10)
@@ -178,5 +182,7 @@ def test_postgres_push_survives_killed_worker(pg_url, tmp_path, engine_of):
     assert unfinished_runs == kills
     assert outbox_statuses(engine) == {"completed": rows}
     assert (result.lost, result.duplicated, result.stale) == (0, 0, 0), result.details[:10]
-    # The last victim died holding rows that only the survivor was left to reconcile.
-    assert survivor_counts["reconciled"] >= 1
+    assert kills_with_orphans >= 1
+    if orphaned:
+        # The last victim died holding rows that only the survivor was left to reconcile.
+        assert survivor_counts["reconciled"] >= 1
