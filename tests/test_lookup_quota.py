@@ -264,7 +264,7 @@ def seed_cache(bench, entries: list[dict]) -> None:
             ident = identifier_of("SHA-256", entry["value"])
             summary = {"id": ident, "stats": {"harmless": 0, "malicious": 0, "suspicious": 0,
                                               "undetected": 60}}
-            store_answer(session, kind="file", identifier=ident, summary=summary,
+            store_answer(session.connection(), kind="file", identifier=ident, summary=summary,
                          now=bench.clock.now(), ttl=timedelta(days=7))
 
 

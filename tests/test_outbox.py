@@ -346,7 +346,8 @@ def test_queue_rewrites_newest_waiting_row(sims, queue, clock):
     newest = {"attributes": {"VirusTotal Verdict": "newest"}, "score": None,
               "verdict": "newest", "fingerprint": "f" * 64}
     with ctx.sessions.begin() as session:
-        queue_write(session, session.get(Indicator, first.indicator_id), newest, clock.now())
+        queue_write(session.connection(), session.get(Indicator, first.indicator_id), newest,
+                    clock.now())
     push_until_settled(ctx, clock)
     verdicts = [a["value"] for a in tq.attributes_of(first.indicator_id)
                 if a["name"] == "VirusTotal Verdict"]

@@ -12,7 +12,8 @@ catches ``TqvtError`` once, prints its message as one sentence and exits with
     │   ├── PermanentApiError          exit 1   400/403/404-style answer; retrying cannot help
     │   ├── ResponseFormatError        exit 1   a body that is not the JSON the API documents
     │   └── RetriableApiError          exit 75  429 without quota meaning, 5xx, connection error
-    │       └── OutcomeUnknownError    exit 75  a write was sent but its answer was lost
+    │       ├── OutcomeUnknownError    exit 75  a write was sent but its answer was lost
+    │       └── NotSentError           exit 75  no byte of the request reached the server
     └── TemporaryStop                  exit 75  stop now, rerun later and nothing is lost
         ├── QuotaExhaustedError        exit 75  VirusTotal daily or monthly quota spent
         ├── ServiceUnavailableError    exit 75  retries exhausted against a service
@@ -95,6 +96,14 @@ class RetriableApiError(ApiError):
 
 class OutcomeUnknownError(RetriableApiError):
     """A write request was sent, but no answer arrived, so it may or may not have happened."""
+
+
+class NotSentError(RetriableApiError):
+    """The request failed before any byte could reach the server.
+
+    The connection was refused, the host name did not resolve or the connection
+    timed out, so the server cannot have acted on the request or counted it.
+    """
 
 
 class TemporaryStop(TqvtError):

@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import heapq
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -119,6 +121,38 @@ def _as_int(value: Any) -> int | None:
     return int(value)
 
 
+class _LedgerRow:
+    """The columns of one ``quota_ledger`` row as attributes, with the changes made to them."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+        self._loaded = dict(values)
+
+    key_hash: str
+    minute_limit: int
+    daily_limit: int
+    monthly_limit: int | None
+    limits_source: str
+    limits_read_at: datetime | None
+    recent_calls: list[str]
+    day: str
+    used_today: int
+    month: str
+    used_month: int
+    blocked_until: datetime | None
+    blocked_scope: str | None
+
+    def changes(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name, value in self._loaded.items()
+                if getattr(self, name) != value}
+
+
+_LEDGER = QuotaLedger.__table__
+_LOCK_ROW = select(_LEDGER).where(_LEDGER.c.key_hash == bindparam("key")).with_for_update()
+# The SET clause names the columns of the parameters given at execution.
+_UPDATE_ROW = update(_LEDGER).where(_LEDGER.c.key_hash == bindparam("key"))
+
+
 class Ledger:
     """Books VirusTotal calls for one API key in the shared database."""
 
@@ -133,49 +167,69 @@ class Ledger:
         self.calls_left_today: int | None = None
         self.next_call_at: datetime | None = None
 
-    def _select_for_update(self, session: Session) -> QuotaLedger | None:
-        return session.execute(
-            select(QuotaLedger).where(QuotaLedger.key_hash == self._key_hash).with_for_update()
-        ).scalar_one_or_none()
+    def _select_for_update(self, connection: Connection) -> _LedgerRow | None:
+        found = connection.execute(_LOCK_ROW, {"key": self._key_hash}).first()
+        return _LedgerRow(found._asdict()) if found is not None else None
 
-    def _load(self, session: Session, now: datetime) -> QuotaLedger:
-        row = self._select_for_update(session)
+    @contextmanager
+    def _locked_row(
+        self, now: datetime, connection: Connection | None = None
+    ) -> Iterator[_LedgerRow]:
+        """Lock this key's row, yield it, and write back what changed.
+
+        The row is locked in ``connection``'s transaction when one is given, else in
+        a transaction of its own that commits on exit. A call is booked in every
+        such transaction, so the statements are built once, at import, and run
+        without the ORM.
+        """
+        if connection is None:
+            with self._sessions.begin() as session:
+                with self._locked_row(now, session.connection()) as row:
+                    yield row
+            return
+        row = self._select_for_update(connection)
         if row is None:
-            row = self._insert(session, now)
+            row = self._insert(connection, now)
         self._roll_over(row, now)
-        return row
+        yield row
+        changes = row.changes()
+        if changes:
+            connection.execute(_UPDATE_ROW, {"key": self._key_hash, **changes})
 
-    def _insert(self, session: Session, now: datetime) -> QuotaLedger:
+    def _insert(self, connection: Connection, now: datetime) -> _LedgerRow:
         """Create the row of this key, or lock the one another process inserted meanwhile.
 
         On PostgreSQL two workers that start together can both find no row. The
         second INSERT then waits for the first to commit and fails on the primary
         key, so that worker reads the committed row instead.
         """
-        row = QuotaLedger(
-            key_hash=self._key_hash,
-            minute_limit=FALLBACK_MINUTE_LIMIT,
-            daily_limit=FALLBACK_DAILY_LIMIT,
-            monthly_limit=None,
-            limits_source="fallback",
-            recent_calls=[],
-            day=now.date().isoformat(),
-            used_today=0,
-            month=now.strftime("%Y-%m"),
-            used_month=0,
-        )
+        values = {
+            "key_hash": self._key_hash,
+            "minute_limit": FALLBACK_MINUTE_LIMIT,
+            "daily_limit": FALLBACK_DAILY_LIMIT,
+            "monthly_limit": None,
+            "limits_source": "fallback",
+            "limits_read_at": None,
+            "recent_calls": [],
+            "day": now.date().isoformat(),
+            "used_today": 0,
+            "month": now.strftime("%Y-%m"),
+            "used_month": 0,
+            "blocked_until": None,
+            "blocked_scope": None,
+        }
         try:
-            with session.begin_nested():
-                session.add(row)
+            with connection.begin_nested():
+                connection.execute(insert(_LEDGER), values)
         except IntegrityError:
-            existing = self._select_for_update(session)
+            existing = self._select_for_update(connection)
             if existing is None:
                 raise
             return existing
-        return row
+        return _LedgerRow(values)
 
     @staticmethod
-    def _roll_over(row: QuotaLedger, now: datetime) -> None:
+    def _roll_over(row: _LedgerRow, now: datetime) -> None:
         today, month = now.date().isoformat(), now.strftime("%Y-%m")
         if row.day != today:
             row.day, row.used_today = today, 0
@@ -189,7 +243,7 @@ class Ledger:
             row.recent_calls = recent
 
     @staticmethod
-    def _next_slot(row: QuotaLedger, now: datetime) -> datetime:
+    def _next_slot(row: _LedgerRow, now: datetime) -> datetime:
         """Return when the minute window has room for one more call (``now`` if it has)."""
         excess = len(row.recent_calls) - row.minute_limit
         if excess < 0:
@@ -198,15 +252,14 @@ class Ledger:
         return datetime.fromisoformat(freeing) + timedelta(
             seconds=WINDOW_SECONDS + WINDOW_MARGIN_SECONDS)
 
-    def _remember(self, row: QuotaLedger, now: datetime) -> None:
+    def _remember(self, row: _LedgerRow, now: datetime) -> None:
         self.calls_left_today = max(row.daily_limit - self.reserve - row.used_today, 0)
         self.next_call_at = row.blocked_until or self._next_slot(row, now)
 
     def apply_limits(self, limits: QuotaLimits) -> None:
         """Store ``limits``; counts VirusTotal reports as used raise the local counts."""
         now = self._clock.now()
-        with self._sessions.begin() as session:
-            row = self._load(session, now)
+        with self._locked_row(now) as row:
             row.minute_limit, row.daily_limit = limits.minute, limits.daily
             row.monthly_limit, row.limits_source = limits.monthly, limits.source
             row.limits_read_at = now
@@ -219,8 +272,7 @@ class Ledger:
     def check_blocked(self) -> None:
         """Raise QuotaExhaustedError when no call may be booked before a reset."""
         now = self._clock.now()
-        with self._sessions.begin() as session:
-            row = self._load(session, now)
+        with self._locked_row(now) as row:
             self._remember(row, now)
             self._raise_if_exhausted(row, now)
 
@@ -230,12 +282,11 @@ class Ledger:
         Reads only the ledger, so a rerun before ``blocked_until`` sends nothing to VirusTotal.
         """
         now = self._clock.now()
-        with self._sessions.begin() as session:
-            row = self._load(session, now)
+        with self._locked_row(now) as row:
             if row.blocked_until is not None:
                 raise _exhausted(row.blocked_scope or "daily", row.blocked_until)
 
-    def _raise_if_exhausted(self, row: QuotaLedger, now: datetime) -> None:
+    def _raise_if_exhausted(self, row: _LedgerRow, now: datetime) -> None:
         if row.blocked_until is not None:
             raise _exhausted(row.blocked_scope or "daily", row.blocked_until)
         if row.used_today >= max(row.daily_limit - self.reserve, 0):
@@ -249,35 +300,68 @@ class Ledger:
         Raises QuotaExhaustedError when the daily (minus the reserve) or monthly
         allowance is spent or VirusTotal reported it spent.
         """
+        delay, _ = self._book_once(None)
+        return delay
+
+    def book_if_free(self, connection: Connection) -> str | None:
+        """Book one call in ``connection``'s transaction if the minute window has room now.
+
+        Returns the booking's stamp, which ``release`` takes, or None when the
+        window is full. Raises QuotaExhaustedError as ``try_book`` does.
+        """
+        _, stamp = self._book_once(connection)
+        return stamp
+
+    def _book_once(self, connection: Connection | None) -> tuple[float, str | None]:
+        """Return (0, stamp) after booking a call, or (seconds to wait, None)."""
         now = self._clock.now()
-        with self._sessions.begin() as session:
-            row = self._load(session, now)
+        with self._locked_row(now, connection) as row:
             self._remember(row, now)
             self._raise_if_exhausted(row, now)
             slot = self._next_slot(row, now)
             if slot > now:
-                return max((slot - now).total_seconds(), 0.001)
-            row.recent_calls = [*row.recent_calls, _stamp(now)]
+                return max((slot - now).total_seconds(), 0.001), None
+            stamp = _stamp(now)
+            row.recent_calls = [*row.recent_calls, stamp]
             row.used_today += 1
             row.used_month += 1
             self._remember(row, now)
-            return 0.0
+            return 0.0, stamp
 
-    def book(self, *, on_wait: Any = None, should_stop: Any = None) -> bool:
+    def release(self, stamp: str) -> None:
+        """Take back the booking made at ``stamp`` for a call that was never sent.
+
+        Nothing changes when the booking has already left the minute window.
+        """
+        now = self._clock.now()
+        with self._locked_row(now) as row:
+            if stamp not in row.recent_calls:
+                return
+            remaining = list(row.recent_calls)
+            remaining.remove(stamp)
+            row.recent_calls = remaining
+            if stamp[:10] == row.day and row.used_today > 0:
+                row.used_today -= 1
+            if stamp[:7] == row.month and row.used_month > 0:
+                row.used_month -= 1
+            self._remember(row, now)
+
+    def book(self, *, on_wait: Any = None, should_stop: Any = None) -> str | None:
         """Book one call, sleeping on the clock until the minute window has room.
 
-        Sleeps in steps of at most one second and returns False without booking
-        as soon as ``should_stop()`` is true; returns True once a call is booked.
+        Sleeps in steps of at most one second and returns None without booking
+        as soon as ``should_stop()`` is true; returns the booking's stamp, which
+        ``release`` takes, once a call is booked.
         """
         while True:
-            delay = self.try_book()
-            if delay <= 0:
-                return True
+            delay, stamp = self._book_once(None)
+            if stamp is not None:
+                return stamp
             if on_wait is not None:
                 on_wait(delay)
             while delay > 0:
                 if should_stop is not None and should_stop():
-                    return False
+                    return None
                 step = min(delay, 1.0)
                 self._clock.sleep(step)
                 delay -= step
@@ -285,8 +369,7 @@ class Ledger:
     def block(self, scope: str, until: datetime) -> None:
         """Persist that VirusTotal reported the ``scope`` quota spent until ``until``."""
         now = self._clock.now()
-        with self._sessions.begin() as session:
-            row = self._load(session, now)
+        with self._locked_row(now) as row:
             row.blocked_until, row.blocked_scope = until, scope
             if scope == "daily":
                 row.used_today = max(row.used_today, row.daily_limit)
@@ -294,8 +377,7 @@ class Ledger:
 
     def snapshot(self) -> QuotaSnapshot:
         now = self._clock.now()
-        with self._sessions.begin() as session:
-            row = self._load(session, now)
+        with self._locked_row(now) as row:
             return QuotaSnapshot(
                 minute_limit=row.minute_limit,
                 daily_limit=row.daily_limit,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -109,7 +109,7 @@ def _lock_keys(namespace: int, name: str) -> dict[str, int]:
     return {"namespace": namespace, "key": int.from_bytes(digest, "big", signed=True)}
 
 
-def try_transaction_lock(session: Session, namespace: int, name: str) -> bool:
+def try_transaction_lock(session: Session | Connection, namespace: int, name: str) -> bool:
     """Take the PostgreSQL advisory lock of ``name`` until the transaction ends, if it is free.
 
     Returns False when another transaction holds it. Two names can share a
@@ -119,7 +119,7 @@ def try_transaction_lock(session: Session, namespace: int, name: str) -> bool:
     return bool(session.execute(statement, _lock_keys(namespace, name)).scalar())
 
 
-def wait_for_transaction_lock(session: Session, namespace: int, name: str) -> None:
+def wait_for_transaction_lock(session: Session | Connection, namespace: int, name: str) -> None:
     """Take the PostgreSQL advisory lock of ``name`` until the transaction ends, waiting for it."""
     statement = text("SELECT pg_advisory_xact_lock(:namespace, :key)")
     session.execute(statement, _lock_keys(namespace, name))

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import zlib
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, true
+from sqlalchemy import Connection, bindparam, delete, insert, select, true, update
 from sqlalchemy.orm import Session
 
 from tqvt_sync.db.engine import CACHE_OBJECT_LOCK, wait_for_transaction_lock
 from tqvt_sync.db.models import VtAlias, VtObject
+
+_OBJECTS = VtObject.__table__
+_ALIASES = VtAlias.__table__
+_OBJECT_ID = select(_OBJECTS.c.id).where(
+    _OBJECTS.c.kind == bindparam("kind"), _OBJECTS.c.object_key == bindparam("key"))
+_INSERT_OBJECT = insert(_OBJECTS)
+# The SET clause names the columns of the parameters given at execution.
+_UPDATE_OBJECT = update(_OBJECTS).where(_OBJECTS.c.id == bindparam("row_id"))
+_ALIAS_TARGET = select(_ALIASES.c.object_id).where(
+    _ALIASES.c.kind == bindparam("kind"), _ALIASES.c.identifier == bindparam("identifier"))
+_INSERT_ALIAS = insert(_ALIASES)
+_UPDATE_ALIAS = update(_ALIASES).where(
+    _ALIASES.c.kind == bindparam("alias_kind"),
+    _ALIASES.c.identifier == bindparam("alias_identifier"))
 
 
 def pack_summary(summary: dict[str, Any] | None) -> bytes | None:
@@ -64,44 +80,94 @@ def find_fresh(session: Session, kind: str, identifier: str, now: datetime) -> V
     return None
 
 
+@functools.cache
+def _upserts(dialect_name: str) -> tuple[Any, Any] | None:
+    """Return the INSERT ... ON CONFLICT statements for a cache object and an alias.
+
+    The object statement returns the row's id whether it inserted or updated.
+    Dialects without ON CONFLICT get None, and ``store_answer`` reads before it writes.
+    """
+    if dialect_name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif dialect_name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        return None
+    upsert_object = dialect_insert(_OBJECTS)
+    upsert_object = upsert_object.on_conflict_do_update(
+        index_elements=[_OBJECTS.c.kind, _OBJECTS.c.object_key],
+        set_={name: upsert_object.excluded[name]
+              for name in ("found", "summary", "fetched_at", "expires_at")},
+    ).returning(_OBJECTS.c.id)
+    upsert_alias = dialect_insert(_ALIASES)
+    upsert_alias = upsert_alias.on_conflict_do_update(
+        index_elements=[_ALIASES.c.kind, _ALIASES.c.identifier],
+        set_={"object_id": upsert_alias.excluded.object_id},
+    )
+    return upsert_object, upsert_alias
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """The cache row that ``store_answer`` wrote."""
+
+    id: int
+    kind: str
+    object_key: str
+    found: bool
+    expires_at: datetime
+
+
 def store_answer(
-    session: Session,
+    connection: Connection,
     *,
     kind: str,
     identifier: str,
     summary: dict[str, Any] | None,
     now: datetime,
     ttl: timedelta,
-) -> VtObject:
+) -> StoredAnswer:
     """Store a VirusTotal answer (``summary`` None for not found) and alias ``identifier`` to it.
 
     A found object is keyed by its ``data.id``, so two identifiers that
     VirusTotal resolves to one object (an MD5 and a SHA-256, two spellings of a
-    URL) share one row.
+    URL) share one row. A lookup stores one answer per VirusTotal call, so the
+    statements are built once and run on ``connection`` without the ORM: an upsert for the object and one for its aliases where the database
+    supports ON CONFLICT with RETURNING, a read and a write for each otherwise.
     """
     key = str(summary["id"]) if summary is not None and summary.get("id") else identifier
-    if session.get_bind().dialect.name != "sqlite":
+    if connection.dialect.name != "sqlite":
         # Two workers can look up different identifiers of one object at once. The
         # second waits here until the first commits, then updates the first one's row
         # instead of inserting a duplicate key.
-        wait_for_transaction_lock(session, CACHE_OBJECT_LOCK, f"{kind}:{key}")
-    row = session.execute(
-        select(VtObject).where(VtObject.kind == kind, VtObject.object_key == key)
-    ).scalar_one_or_none()
-    if row is None:
-        row = VtObject(kind=kind, object_key=key, hits=0)
-        session.add(row)
-    row.found = summary is not None
-    row.summary = pack_summary(summary)
-    row.fetched_at, row.expires_at = now, now + ttl
-    session.flush()
-    for alias_key in {identifier, key}:
-        alias = session.get(VtAlias, (kind, alias_key))
-        if alias is None:
-            session.add(VtAlias(kind=kind, identifier=alias_key, object_id=row.id))
-        else:
-            alias.object_id = row.id
-    return row
+        wait_for_transaction_lock(connection, CACHE_OBJECT_LOCK, f"{kind}:{key}")
+    values = {"found": summary is not None, "summary": pack_summary(summary),
+              "fetched_at": now, "expires_at": now + ttl}
+    aliases = [{"kind": kind, "identifier": alias_key} for alias_key in sorted({identifier, key})]
+    upserts = _upserts(connection.dialect.name) if connection.dialect.insert_returning else None
+    if upserts is not None:
+        upsert_object, upsert_alias = upserts
+        object_id = connection.execute(
+            upsert_object, {"kind": kind, "object_key": key, "hits": 0, **values}).scalar_one()
+        connection.execute(upsert_alias, [{**alias, "object_id": object_id} for alias in aliases])
+        return StoredAnswer(object_id, kind, key, summary is not None, values["expires_at"])
+    object_id = connection.execute(_OBJECT_ID, {"kind": kind, "key": key}).scalar_one_or_none()
+    if object_id is None:
+        object_id = connection.execute(
+            _INSERT_OBJECT, {"kind": kind, "object_key": key, "hits": 0, **values}
+        ).inserted_primary_key[0]
+    else:
+        connection.execute(_UPDATE_OBJECT, {"row_id": object_id, **values})
+    for alias in aliases:
+        params = {**alias, "object_id": object_id}
+        current = connection.execute(_ALIAS_TARGET, params).scalar_one_or_none()
+        if current is None:
+            connection.execute(_INSERT_ALIAS, params)
+        elif current != object_id:
+            connection.execute(_UPDATE_ALIAS, {"alias_kind": kind,
+                                               "alias_identifier": alias["identifier"],
+                                               "object_id": object_id})
+    return StoredAnswer(object_id, kind, key, summary is not None, values["expires_at"])
 
 
 def purge(session: Session, now: datetime, *, everything: bool = False) -> int:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, text, update
+from sqlalchemy import Connection, Engine, bindparam, insert, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -173,7 +173,12 @@ def recorded_run(ctx: StageContext, stage: str, counts: dict[str, int]) -> Itera
         )
 
 
-def add_to_counters(session: Session, deltas: dict[str, int]) -> None:
+_COUNTERS = Counter.__table__
+_INCREMENT_COUNTER = update(_COUNTERS).where(_COUNTERS.c.name == bindparam("counter")).values(
+    value=_COUNTERS.c.value + bindparam("delta"))
+
+
+def add_to_counters(connection: Connection, deltas: dict[str, int]) -> None:
     """Add ``deltas`` to the named counters in the current transaction.
 
     The UPDATE adds in the database, so lookup workers that share PostgreSQL
@@ -183,21 +188,18 @@ def add_to_counters(session: Session, deltas: dict[str, int]) -> None:
     for name, delta in deltas.items():
         if not delta:
             continue
-        if _increment_counter(session, name, delta):
+        if _increment_counter(connection, name, delta):
             continue
         try:
-            with session.begin_nested():
-                session.add(Counter(name=name, value=delta))
+            with connection.begin_nested():
+                connection.execute(insert(_COUNTERS), {"name": name, "value": delta})
         except IntegrityError:
-            _increment_counter(session, name, delta)
+            _increment_counter(connection, name, delta)
 
 
-def _increment_counter(session: Session, name: str, delta: int) -> bool:
-    statement = (
-        update(Counter).where(Counter.name == name).values(value=Counter.value + delta)
-        .execution_options(synchronize_session=False)
-    )
-    return session.execute(statement).rowcount > 0
+def _increment_counter(connection: Connection, name: str, delta: int) -> bool:
+    result = connection.execute(_INCREMENT_COUNTER, {"counter": name, "delta": delta})
+    return result.rowcount > 0
 
 
 @contextmanager

@@ -4,7 +4,8 @@ Indicators are grouped by VirusTotal identifier, so any number of indicators
 with one identifier cost at most one call. A group is served from the cache
 when a fresh entry exists; otherwise one call is booked in the quota ledger,
 sent, and its answer, the verdicts and the queued writes are committed in one
-transaction.
+transaction. A sequential run on SQLite books the next group's call in that same
+transaction when the next group has no cache row, so each call costs one commit.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, or_, select
+from sqlalchemy import Connection, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from tqvt_sync.db.engine import LOOKUP_IDENTIFIER_LOCK, is_sqlite, try_transaction_lock
 from tqvt_sync.db.models import Indicator
+from tqvt_sync.db.types import UTCDateTime
 from tqvt_sync.errors import (
-    ConfigError,
     AuthenticationError,
+    ConfigError,
+    NotSentError,
     PermanentApiError,
     QuotaExhaustedError,
     ResponseFormatError,
@@ -43,7 +46,7 @@ from tqvt_sync.quota import (
     next_midnight,
     next_month_start,
 )
-from tqvt_sync.stages.cache import find_fresh, store_answer, uncached_pairs
+from tqvt_sync.stages.cache import find_fresh, store_answer, uncached_pairs, unpack_summary
 from tqvt_sync.stages.common import StageContext, add_to_counters, recorded_run, stage_lock
 from tqvt_sync.stages.verdicts import apply_answer
 from tqvt_sync.virustotal.attributes import summarize
@@ -73,6 +76,30 @@ def due_condition(now: datetime) -> Any:
     return (Indicator.status.in_(("pending", "looked_up", "not_found"))) & or_(
         Indicator.next_lookup_at.is_(None), Indicator.next_lookup_at <= now
     )
+
+
+def _claim_statement(ids: Any, *, skip_locked: bool) -> Any:
+    """Return the query for the due indicators of one group, locking them on PostgreSQL."""
+    statement = (
+        select(Indicator.id, Indicator.value, Indicator.type_name)
+        .where(ids, due_condition(bindparam("now", type_=UTCDateTime)),
+               Indicator.kind == bindparam("kind"),
+               Indicator.identifier == bindparam("identifier"))
+        .order_by(Indicator.id)
+    )
+    return statement.with_for_update(skip_locked=True) if skip_locked else statement
+
+
+# Lookup claims a group before every answer it stores, so the four variants are
+# built once, at import, keyed by (one indicator, PostgreSQL). Most groups hold one
+# indicator, and its statement needs no expansion of an IN list at every execution.
+_CLAIMS = {
+    (single, skip_locked): _claim_statement(
+        Indicator.id == bindparam("indicator_ids") if single
+        else Indicator.id.in_(bindparam("indicator_ids", expanding=True)),
+        skip_locked=skip_locked)
+    for single in (True, False) for skip_locked in (True, False)
+}
 
 
 def backlog_tier() -> Any:
@@ -135,6 +162,12 @@ class Lookup:
         # (kind, identifier) pairs of the current batch that have no cache row at all.
         # It is filled on SQLite only, where no other lookup process stores responses.
         self._uncached: set[tuple[str, str]] = set()
+        # The group that runs after the current one in a sequential SQLite run, and
+        # the booking made for it in the transaction that stored the current answer.
+        self._next_group: Group | None = None
+        self._booked_for: tuple[Group, str] | None = None
+        # The connection of a sequential run on SQLite, which stores the answers.
+        self._connection: Connection | None = None
 
     # -- quota ------------------------------------------------------------
 
@@ -217,11 +250,22 @@ class Lookup:
     # -- one identifier ----------------------------------------------------
 
     def fetch(self, group: Group) -> Any:
-        """Book and send the call for ``group``; retry temporary failures with backoff."""
+        """Book and send the call for ``group``; retry temporary failures with backoff.
+
+        A request that cannot have reached VirusTotal (connection refused, host
+        not resolved, connect timeout) gives its booking back before the retry.
+        """
         attempt = 0
         while True:
-            if not self.ledger.book(on_wait=self._report_wait, should_stop=self.ctx.stop.is_set):
-                return None
+            if self._booked_for is not None and self._booked_for[0] == group:
+                # The call was booked when the previous answer was stored.
+                stamp = self._booked_for[1]
+                self._booked_for = None
+            else:
+                stamp = self.ledger.book(on_wait=self._report_wait,
+                                         should_stop=self.ctx.stop.is_set)
+                if stamp is None:
+                    return None
             self.counts["calls"] += 1
             try:
                 answer = self.client.fetch_object(group.kind, group.identifier)
@@ -230,6 +274,9 @@ class Lookup:
             except VtQuotaError:
                 self._explain_429()
             except (RetriableApiError, ResponseFormatError) as exc:
+                if isinstance(exc, NotSentError):
+                    self.ledger.release(stamp)
+                    self.counts["calls"] -= 1
                 attempt += 1
                 log_event(logger, logging.WARNING, "VirusTotal call failed; retrying",
                           identifier=escape(group.identifier),
@@ -265,26 +312,31 @@ class Lookup:
         if not indicators:
             return True
         cached.hits += len(indicators)
-        self.counts["queued_writes"] += apply_answer(session, self.ctx.settings, indicators,
-                                                     cached, now)
-        add_to_counters(session, {"cache_hits": len(indicators), "vt_calls_saved": len(indicators)})
+        summary = unpack_summary(cached.summary) if cached.found else None
+        self.counts["queued_writes"] += apply_answer(
+            session.connection(), self.ctx.settings, indicators, kind=cached.kind, summary=summary,
+            expires_at=cached.expires_at, now=now)
+        add_to_counters(session.connection(),
+                        {"cache_hits": len(indicators), "vt_calls_saved": len(indicators)})
         self.counts["cache_hits"] += len(indicators)
         self.counts["indicators"] += len(indicators)
         return True
 
-    def _claim(self, session: Session, group: Group, now: datetime) -> list[Indicator]:
-        query = (
-            select(Indicator)
-            .where(Indicator.id.in_(group.indicator_ids), due_condition(now),
-                   Indicator.kind == group.kind, Indicator.identifier == group.identifier)
-            .order_by(Indicator.id)
-        )
-        if not is_sqlite(self.ctx.engine):
-            query = query.with_for_update(skip_locked=True)
-        return list(session.execute(query).scalars())
+    def _claim(self, session: Session | Connection, group: Group, now: datetime) -> list[Any]:
+        """Return the due indicators of ``group`` (id, value and type name), locked on PostgreSQL."""
+        single = len(group.indicator_ids) == 1
+        statement = _CLAIMS[single, not is_sqlite(self.ctx.engine)]
+        connection = session.connection() if isinstance(session, Session) else session
+        return list(connection.execute(statement, {
+            "indicator_ids": group.indicator_ids[0] if single else group.indicator_ids,
+            "now": now,
+            "kind": group.kind, "identifier": group.identifier,
+        }))
 
     def process(self, group: Group) -> bool:
         """Serve or look up one group, and return False if another worker had locked it."""
+        if self._connection is not None and (group.kind, group.identifier) in self._uncached:
+            return self._look_up_uncached(group, self._connection)
         with self._group_session() as session:
             if not self._lock_identifier(session, group):
                 return False
@@ -300,12 +352,29 @@ class Lookup:
             try:
                 answer = self.fetch(group)
             except PermanentApiError as exc:
-                self._record_permanent_error(session, group, exc)
+                self._record_permanent_error(session.connection(), group, exc)
                 return True
             if answer is None:
                 return True
-            self._store(session, group, answer)
+            self._store(session.connection(), group, answer)
             return True
+
+    def _look_up_uncached(self, group: Group, connection: Connection) -> bool:
+        """Look up a group that has no cache row, in a sequential run on SQLite.
+
+        Nothing is read before the call, and the answer is stored in one
+        transaction on the run's connection.
+        """
+        try:
+            answer = self.fetch(group)
+        except PermanentApiError as exc:
+            with connection.begin():
+                self._record_permanent_error(connection, group, exc)
+            return True
+        if answer is not None:
+            with connection.begin():
+                self._store(connection, group, answer)
+        return True
 
     def _lock_identifier(self, session: Session, group: Group) -> bool:
         """Keep other workers off this identifier until the transaction ends (PostgreSQL).
@@ -343,34 +412,68 @@ class Lookup:
         finally:
             session.close()
 
-    def _store(self, session: Session, group: Group, answer: Any) -> None:
+    def _store(self, connection: Connection, group: Group, answer: Any) -> None:
         now = self.ctx.clock.now()
         settings = self.ctx.settings
         summary = summarize(group.kind, answer.data) if answer.found else None
         ttl = settings.cache_ttl if answer.found else settings.not_found_ttl
-        # The queries below read rows that the pending changes do not touch, so the
-        # changes are flushed once, at commit, instead of before every query.
-        with session.no_autoflush:
-            cached = store_answer(session, kind=group.kind, identifier=group.identifier,
-                                  summary=summary, now=now, ttl=ttl)
-            # Both aliases of the new row can now answer later groups of the batch.
-            self._uncached.discard((group.kind, group.identifier))
-            self._uncached.discard((group.kind, cached.object_key))
-            indicators = self._claim(session, group, now)
-            self.counts["queued_writes"] += apply_answer(session, settings, indicators, cached,
-                                                         now)
-            saved = max(len(indicators) - 1, 0)
-            add_to_counters(session, {"cache_misses": 1, "vt_calls_saved": saved})
+        cached = store_answer(connection, kind=group.kind, identifier=group.identifier,
+                              summary=summary, now=now, ttl=ttl)
+        # Both aliases of the new row can now answer later groups of the batch.
+        self._uncached.discard((group.kind, group.identifier))
+        self._uncached.discard((group.kind, cached.object_key))
+        indicators = self._claim(connection, group, now)
+        self.counts["queued_writes"] += apply_answer(
+            connection, settings, indicators, kind=group.kind, summary=summary,
+            expires_at=cached.expires_at, now=now)
+        saved = max(len(indicators) - 1, 0)
+        add_to_counters(connection, {"cache_misses": 1, "vt_calls_saved": saved})
+        self._book_next_call(connection)
         self.counts["identifiers"] += 1
         self.counts["indicators"] += len(indicators)
         if not answer.found:
             self.counts["not_found"] += 1
 
-    def _record_permanent_error(self, session: Session, group: Group, exc: PermanentApiError) -> None:
+    def _book_next_call(self, connection: Connection) -> None:
+        """Book the call of the next group in ``connection``'s transaction when it will need one.
+
+        A sequential run on SQLite knows from ``_uncached`` which groups have no
+        cache row. Booking the next group's call with the answer just stored
+        saves a transaction per call. When the minute window is full, the
+        allowance is spent or a call limit is near, nothing is booked here and
+        ``fetch`` books as usual.
+        """
+        group = self._next_group
+        if group is None or (group.kind, group.identifier) not in self._uncached:
+            return
+        if self.ctx.stop.is_set():
+            return
+        if self.max_calls is not None and self.counts["calls"] + 1 >= self.max_calls:
+            return
+        try:
+            stamp = self.ledger.book_if_free(connection)
+        except QuotaExhaustedError:
+            return
+        if stamp is not None:
+            self._booked_for = (group, stamp)
+
+    def _release_unused_booking(self) -> None:
+        """Take back a call booked for a group that the run did not reach."""
+        if self._booked_for is not None:
+            _, stamp = self._booked_for
+            self._booked_for = None
+            self.ledger.release(stamp)
+
+    def _record_permanent_error(
+        self, connection: Connection, group: Group, exc: PermanentApiError
+    ) -> None:
         now = self.ctx.clock.now()
-        for indicator in self._claim(session, group, now):
-            indicator.reason = f"VirusTotal rejected the lookup: {exc}"
-            indicator.next_lookup_at = now + PERMANENT_ERROR_RETRY
+        ids = [indicator.id for indicator in self._claim(connection, group, now)]
+        if ids:
+            table = Indicator.__table__
+            connection.execute(update(table).where(table.c.id.in_(ids)).values(
+                reason=f"VirusTotal rejected the lookup: {exc}",
+                next_lookup_at=now + PERMANENT_ERROR_RETRY))
         self.counts["errors"] += 1
         log_event(logger, logging.WARNING, "VirusTotal rejected a lookup",
                   identifier=escape(group.identifier), indicator_ids=list(group.indicator_ids),
@@ -427,19 +530,31 @@ class Lookup:
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
     def _run_batch(self, groups: list[Group], executor: ThreadPoolExecutor | None) -> int:
         """Process ``groups`` and return how many of them no other worker had locked."""
         processed = 0
         if executor is None:
-            for group in groups:
-                if self.ctx.stop.is_set():
-                    return processed
-                if self.max_calls is not None and self.counts["calls"] >= self.max_calls:
-                    return processed
-                processed += self.process(group)
-                self._report_progress()
-            return processed
+            sequential_sqlite = is_sqlite(self.ctx.engine)
+            if sequential_sqlite and self._connection is None:
+                self._connection = self.ctx.engine.connect()
+            try:
+                for position, group in enumerate(groups):
+                    if self.ctx.stop.is_set():
+                        return processed
+                    if self.max_calls is not None and self.counts["calls"] >= self.max_calls:
+                        return processed
+                    following = position + 1 < len(groups) and sequential_sqlite
+                    self._next_group = groups[position + 1] if following else None
+                    processed += self.process(group)
+                    self._report_progress()
+                return processed
+            finally:
+                self._next_group = None
+                self._release_unused_booking()
         for done in executor.map(self.process, groups):
             processed += done
             self._report_progress()

@@ -46,5 +46,5 @@ def _rescore_one(ctx: StageContext, session, indicator: Indicator, counts: dict[
         return
     summary = unpack_summary(cached.summary) if cached.found else None
     write = desired_write(ctx.settings, cached.kind, summary)
-    if queue_write(session, indicator, write, ctx.clock.now()):
+    if queue_write(session.connection(), indicator, write, ctx.clock.now()):
         counts["changed"] += 1

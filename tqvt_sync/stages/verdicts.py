@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, insert, literal, null, select, union_all, update
 from sqlalchemy.orm import Session
 
-from tqvt_sync.db.models import Indicator, OutboxEntry, VtObject, WrittenState
-from tqvt_sync.stages.cache import unpack_summary
+from tqvt_sync.db.models import Indicator, OutboxEntry, WrittenState
 from tqvt_sync.virustotal.attributes import build_attributes, fingerprint
 from tqvt_sync.virustotal.verdict import compute_verdict
+
+_INDICATORS = Indicator.__table__
+_OUTBOX = OutboxEntry.__table__
+_WRITTEN = WrittenState.__table__
+# Built once, at import: lookup runs them for every answer. The SET clause of an
+# UPDATE names the columns of the parameters given at execution.
+_SET_VERDICT = update(_INDICATORS).where(
+    _INDICATORS.c.id.in_(bindparam("indicator_ids", expanding=True)))
+_SET_ONE_VERDICT = update(_INDICATORS).where(_INDICATORS.c.id == bindparam("indicator_id"))
+# The unfinished outbox rows of one indicator and its written state, in one query.
+# The written state comes with a NULL id and the status 'written'.
+_LATEST_STATES = union_all(
+    select(_OUTBOX.c.id, _OUTBOX.c.status, _OUTBOX.c.fingerprint)
+    .where(_OUTBOX.c.indicator_id == bindparam("owner"),
+           _OUTBOX.c.status.in_(("new", "failed", "started"))),
+    select(null().label("id"), literal("written").label("status"), _WRITTEN.c.fingerprint)
+    .where(_WRITTEN.c.indicator_id == bindparam("owner")),
+)
+_INSERT_OUTBOX = insert(_OUTBOX)
+_REWRITE_OUTBOX = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("row_id"))
 
 
 def desired_write(settings: Any, kind: str, summary: dict[str, Any] | None) -> dict[str, Any]:
@@ -29,70 +49,78 @@ def desired_write(settings: Any, kind: str, summary: dict[str, Any] | None) -> d
 
 
 def apply_answer(
-    session: Session, settings: Any, indicators: list[Indicator], cached: VtObject, now: datetime
+    connection: Connection,
+    settings: Any,
+    indicators: Sequence[Any],
+    *,
+    kind: str,
+    summary: dict[str, Any] | None,
+    expires_at: datetime,
+    now: datetime,
 ) -> int:
-    """Record the verdict of ``cached`` on each indicator and queue the writes that changed.
+    """Record the verdict of one answer on each indicator and queue the writes that changed.
 
-    Returns the number of outbox rows created or updated.
+    ``summary`` is None for a not-found answer, and ``expires_at`` is the end of
+    its cache TTL, when the indicators are due again. Each indicator needs
+    ``id``, ``value`` and ``type_name``. Returns the number of outbox rows
+    created or updated.
     """
-    summary = unpack_summary(cached.summary) if cached.found else None
-    write = desired_write(settings, cached.kind, summary)
-    queued = 0
-    for indicator in indicators:
-        indicator.status = "looked_up" if cached.found else "not_found"
-        indicator.reason = None
-        indicator.looked_up_at = now
-        indicator.next_lookup_at = cached.expires_at
-        if queue_write(session, indicator, write, now):
-            queued += 1
-    return queued
+    if not indicators:
+        return 0
+    write = desired_write(settings, kind, summary)
+    verdict = {"status": "looked_up" if summary is not None else "not_found", "reason": None,
+               "looked_up_at": now, "next_lookup_at": expires_at}
+    if len(indicators) == 1:
+        connection.execute(_SET_ONE_VERDICT, {"indicator_id": indicators[0].id, **verdict})
+    else:
+        connection.execute(
+            _SET_VERDICT, {"indicator_ids": [indicator.id for indicator in indicators], **verdict})
+    return sum(queue_write(connection, indicator, write, now) for indicator in indicators)
 
 
-def queue_write(session: Session, indicator: Indicator, write: dict[str, Any], now: datetime) -> bool:
+def queue_write(
+    connection: Connection, indicator: Any, write: dict[str, Any], now: datetime
+) -> bool:
     """Queue ``write`` for ``indicator`` unless it equals what is written or already queued.
 
-    A waiting row (new or failed) is rewritten in place. A started row is left
-    alone: the new row waits behind it and push delivers rows of one indicator
-    in id order. When that started row fails, the indicator has two waiting
-    rows, and the newest one is rewritten, because push delivers it last.
+    ``indicator`` needs ``id``, ``value`` and ``type_name``. A waiting row (new or
+    failed) is rewritten in place. A started row is left alone: the new row waits
+    behind it and push delivers rows of one indicator in id order. When that
+    started row fails, the indicator has two waiting rows, and the newest one is
+    rewritten, because push delivers it last. The statements run on ``connection``
+    without the ORM, so no outbox row is loaded into a session.
     """
     fingerprint_value = write["fingerprint"]
-    # One query reads the waiting and the started rows, newest first.
-    unfinished = session.execute(
-        select(OutboxEntry)
-        .where(OutboxEntry.indicator_id == indicator.id,
-               OutboxEntry.status.in_(("new", "failed", "started")))
-        .order_by(OutboxEntry.id.desc())
-    ).scalars().all()
+    desired = {"attributes": write["attributes"], "score": write["score"]}
+    states = connection.execute(_LATEST_STATES, {"owner": indicator.id}).all()
+    written = next((row.fingerprint for row in states if row.id is None), None)
+    # The waiting and the started rows, newest first.
+    unfinished = sorted((row for row in states if row.id is not None),
+                        key=lambda row: row.id, reverse=True)
     waiting = next((row for row in unfinished if row.status != "started"), None)
     if waiting is None:
-        started = next((row.fingerprint for row in unfinished), None)
-        if started is None:
-            state = session.get(WrittenState, indicator.id)
-            latest = state.fingerprint if state is not None else None
-        else:
-            latest = started
+        latest = next((row.fingerprint for row in unfinished), written)
         if latest == fingerprint_value:
             return False
-        session.add(OutboxEntry(
-            indicator_id=indicator.id,
-            indicator_value=indicator.value,
-            indicator_type=indicator.type_name,
-            desired={"attributes": write["attributes"], "score": write["score"]},
-            fingerprint=fingerprint_value,
-            verdict=write["verdict"],
-            status="new",
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-            updated_at=now,
-        ))
+        connection.execute(_INSERT_OUTBOX, {
+            "indicator_id": indicator.id,
+            "indicator_value": indicator.value,
+            "indicator_type": indicator.type_name,
+            "desired": desired,
+            "fingerprint": fingerprint_value,
+            "verdict": write["verdict"],
+            "status": "new",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "updated_at": now,
+        })
         return True
     if waiting.fingerprint == fingerprint_value:
         return False
-    waiting.desired = {"attributes": write["attributes"], "score": write["score"]}
-    waiting.fingerprint, waiting.verdict = fingerprint_value, write["verdict"]
-    waiting.updated_at = now
+    connection.execute(_REWRITE_OUTBOX, {"row_id": waiting.id, "desired": desired,
+                                         "fingerprint": fingerprint_value,
+                                         "verdict": write["verdict"], "updated_at": now})
     return True
 
 

@@ -18,7 +18,8 @@ renamed or unknown code still lands in the class of its status:
     3xx     any                        ConfigError (check VT_API_URL)
     other   any                        PermanentApiError
 
-Connection errors and timeouts raise RetriableApiError. The caller decides
+Connection errors and timeouts raise RetriableApiError, or its subclass
+NotSentError when the request cannot have reached VirusTotal. The caller decides
 when to try again; VirusTotal sends no rate-limit headers, so pacing is local.
 """
 
@@ -35,6 +36,7 @@ from tqvt_sync.errors import (
     ApiError,
     AuthenticationError,
     ConfigError,
+    NotSentError,
     PermanentApiError,
     ResponseFormatError,
     RetriableApiError,
@@ -210,7 +212,8 @@ class VirusTotalClient:
                     f"VirusTotal: {failure.description}; check the system CA certificates "
                     "and VT_API_URL"
                 )
-            raise RetriableApiError(
+            error = RetriableApiError if failure.maybe_sent else NotSentError
+            raise error(
                 f"VirusTotal GET {safe_path(path)} failed: {failure.description}",
                 service=SERVICE, path=safe_path(path),
             )
