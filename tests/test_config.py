@@ -232,6 +232,24 @@ def test_invalid_dotenv_value_names_file(tmp_path):
     assert "Example: TQVT_PAGE_SIZE=500." in message
 
 
+def test_unreadable_dotenv_line_is_an_error(tmp_path):
+    message = load_error(tmp_path, dotenv=f"TQVT_PAGE_SIZE=100\nVT_API_KEY {CANARY}\n")
+    assert message == (f"Line 2 of the .env file {tmp_path / '.env'} cannot be read; write it "
+                       "as NAME=value (quote a value that contains spaces or #).")
+
+
+def test_dotenv_name_without_value_is_an_error(tmp_path):
+    message = load_error(tmp_path, dotenv="# comment\nVT_API_KEY\n")
+    assert message == (f"Line 2 of the .env file {tmp_path / '.env'} names VT_API_KEY "
+                       "without '='; write it as VT_API_KEY=value.")
+
+
+def test_dotenv_comments_blank_lines_and_export_are_accepted(tmp_path):
+    settings = load(tmp_path, dotenv="# comment\n\nexport TQVT_PAGE_SIZE=100\n"
+                                     "TQVT_LOG_LEVEL='DEBUG'  # inline comment\n")
+    assert settings.page_size == 100
+
+
 def test_invalid_option_names_flag(tmp_path):
     message = load_error(tmp_path, options={"log_format": "yaml"})
     assert message.startswith("Invalid value for --log-format: 'yaml' ")

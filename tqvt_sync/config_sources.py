@@ -13,8 +13,10 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from tqvt_sync.errors import ConfigError
 from tqvt_sync.logs import escape
@@ -102,10 +104,34 @@ def read_dotenv(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     try:
+        with path.open(encoding="utf-8") as stream:
+            _check_dotenv_lines(stream, path)
         values = dotenv_values(path, interpolate=False, encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"The .env file {path} is not UTF-8 text; save it as UTF-8.") from None
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _check_dotenv_lines(stream: TextIO, path: Path) -> None:
+    """Raise ConfigError for the first line of a .env file that sets nothing readable.
+
+    python-dotenv skips such lines, and a secret on one of them would then be
+    reported as missing. The message quotes the line number and at most the
+    variable name, never a value.
+    """
+    for binding in parse_stream(stream):
+        line = binding.original.line
+        if binding.error:
+            raise ConfigError(
+                f"Line {line} of the .env file {path} cannot be read; write it as NAME=value "
+                "(quote a value that contains spaces or #)."
+            )
+        if binding.key is not None and binding.value is None:
+            name = escape(binding.key)
+            raise ConfigError(
+                f"Line {line} of the .env file {path} names {name} without '='; "
+                f"write it as {name}=value."
+            )
 
 
 def config_file_path(config_file: str | None, environ: Mapping[str, str],
