@@ -18,7 +18,7 @@ from support import sim_settings, stage_context, vt_object_calls
 
 from tqvt_sync.db import migrate
 from tqvt_sync.db.engine import make_engine
-from tqvt_sync.db.models import QuotaLedger, VtAlias, VtObject
+from tqvt_sync.db.models import Counter, QuotaLedger, VtAlias, VtObject
 from tqvt_sync.errors import ServiceUnavailableError
 from tqvt_sync.sandbox import QuotaPlan, running_simulators
 from tqvt_sync.stages import cache
@@ -39,7 +39,7 @@ def library(clock, db_url, tmp_path):
         clock.advance(5)
         ctx = stage_context(sim_settings(tq, vt, db_url, str(tmp_path)), clock)
         pull(ctx, PullOptions(since=clock.now() - timedelta(days=1)))
-        yield ctx, vt
+        yield ctx, vt, tq
 
 
 def ledger_counts(ctx) -> tuple[int, int]:
@@ -50,14 +50,14 @@ def ledger_counts(ctx) -> tuple[int, int]:
 
 
 def test_ledger_counts_every_call_of_a_full_run(library):
-    ctx, vt = library
+    ctx, vt, _ = library
     counts = lookup(ctx)
     assert counts["calls"] == vt_object_calls(vt) == len(HASHES)
     assert ledger_counts(ctx) == (len(HASHES), len(HASHES))
 
 
 def test_stop_takes_back_the_booking_of_the_group_not_reached(library):
-    ctx, vt = library
+    ctx, vt, _ = library
     seen = []
 
     def stop_after_three(event):
@@ -73,14 +73,14 @@ def test_stop_takes_back_the_booking_of_the_group_not_reached(library):
 
 
 def test_call_limit_books_no_call_beyond_it(library):
-    ctx, vt = library
+    ctx, vt, _ = library
     counts = lookup(ctx, max_calls=4)
     assert counts["calls"] == vt_object_calls(vt) == 4
     assert ledger_counts(ctx) == (4, 4)
 
 
 def test_refused_connection_gives_the_booking_back(library, clock):
-    ctx, vt = library
+    ctx, vt, _ = library
     ctx = stage_context(dataclasses.replace(ctx.settings, vt_api_url=refused_url()), clock)
     with pytest.raises(ServiceUnavailableError):
         lookup(ctx)
@@ -90,13 +90,28 @@ def test_refused_connection_gives_the_booking_back(library, clock):
 
 
 def test_reset_connection_keeps_the_booking(library):
-    ctx, vt = library
+    ctx, vt, _ = library
     # The simulator reads the request and then drops the connection: VirusTotal may
     # have counted the call, so the ledger keeps it.
     vt.faults.inject("reset_before", path="/files/", times=2)
     counts = lookup(ctx)
     assert counts["calls"] == vt_object_calls(vt) == len(HASHES) + 2
     assert ledger_counts(ctx) == (len(HASHES) + 2, len(HASHES) + 2)
+
+
+def test_cache_hit_counts_an_identifier_once(library, clock):
+    ctx, vt, tq = library
+    lookup(ctx)
+    # Two more spellings of one hash: one group, answered from the cache.
+    tq.add_indicator(f"{HASHES[0]}\n", "SHA-256")
+    tq.add_indicator(f" {HASHES[0]}", "SHA-256")
+    clock.advance(5)
+    pull(ctx, PullOptions())
+    counts = lookup(ctx)
+    assert (counts["calls"], counts["cache_hits"]) == (0, 2)
+    with ctx.sessions() as session:
+        totals = dict(session.execute(select(Counter.name, Counter.value)).all())
+    assert totals == {"cache_hits": 1, "cache_misses": len(HASHES), "vt_calls_saved": 2}
 
 
 def cache_rows(engine) -> tuple[list[tuple], list[tuple]]:

@@ -316,8 +316,10 @@ class Lookup:
         self.counts["queued_writes"] += apply_answer(
             session.connection(), self.ctx.settings, indicators, kind=cached.kind, summary=summary,
             expires_at=cached.expires_at, now=now)
+        # A hit and a miss are both counted per identifier, so the hit rate compares
+        # like with like; the calls saved are counted per indicator.
         add_to_counters(session.connection(),
-                        {"cache_hits": len(indicators), "vt_calls_saved": len(indicators)})
+                        {"cache_hits": 1, "vt_calls_saved": len(indicators)})
         self.counts["cache_hits"] += len(indicators)
         self.counts["indicators"] += len(indicators)
         return True
