@@ -17,7 +17,7 @@ from sqlalchemy import select
 from support import sim_settings, stage_context
 
 from tqvt_sync.db.models import Cursor, Indicator
-from tqvt_sync.errors import ServiceUnavailableError
+from tqvt_sync.errors import ConfigError, ServiceUnavailableError
 from tqvt_sync.sandbox import QuotaPlan, ThreatQSimulator, VirusTotalSimulator
 from tqvt_sync.stages.pull import UPDATED_SINCE, VALUES_BATCH, PullOptions, format_tq_time, pull
 
@@ -206,6 +206,25 @@ def test_since_used_only_for_first_run(tq, make_ctx, clock):
     recent = add_domains(tq, clock, 1, seconds_ago=30, start=2)
     pull(ctx, since(clock, hours=24))
     assert set(stored(ctx)) == set(recent)
+
+
+def test_restart_forgets_the_cursor_and_starts_at_since(tq, make_ctx, clock):
+    old = add_domains(tq, clock, 2, seconds_ago=7200)
+    ctx = make_ctx()
+    pull(ctx, since(clock, hours=1))
+    assert stored(ctx) == {}
+    recent = add_domains(tq, clock, 1, seconds_ago=30, start=2)
+    clock.advance(5)
+    counts = pull(ctx, PullOptions(since=clock.now() - timedelta(hours=3), restart=True))
+    assert set(stored(ctx)) == set(old) | set(recent)
+    assert counts["indicators"] == 3
+    assert cursor(ctx).value["updated_at"] == tq_stamps(tq, recent)[recent[0]]
+
+
+def test_restart_rejected_for_a_collection(tq, make_ctx, clock):
+    ctx = make_ctx()
+    with pytest.raises(ConfigError, match="--restart applies to the updated-since pull"):
+        pull(ctx, PullOptions(collection="7", restart=True))
 
 
 # -- pages and their cursor -----------------------------------------------------

@@ -140,13 +140,19 @@ def sync() -> None:
 
 @sync.command("pull")
 @pull_options
+@click.option("--restart", is_flag=True,
+              help="Forget the stored cursor and start again at --since (default 24h); "
+                   "indicators already queued keep their state.")
 @click.pass_obj
 def pull_command(runtime: Runtime, since: str | None, collection: str | None,
-                 values_file: str | None, types: str | None) -> None:
+                 values_file: str | None, types: str | None, restart: bool) -> None:
     """Read indicators from ThreatQ into the local queue and advance the cursor."""
+    import dataclasses
+
     from tqvt_sync.stages.pull import pull
 
-    options = _pull_options(since, collection, values_file, types)
+    options = dataclasses.replace(_pull_options(since, collection, values_file, types),
+                                  restart=restart)
     ctx = runtime.stage_context()
     with stop_on_signals(runtime.stop):
         counts = pull(ctx, options)

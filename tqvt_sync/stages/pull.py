@@ -52,6 +52,8 @@ class PullOptions:
     collection: str | None = None
     values_file: str | None = None
     types: tuple[str, ...] = ()
+    # Forget the stored updated-since cursor first, so the scan starts at ``since``.
+    restart: bool = False
 
 
 def parse_tq_time(value: Any) -> datetime | None:
@@ -169,6 +171,9 @@ def pull(ctx: StageContext, options: PullOptions) -> dict[str, int]:
     """Run the pull stage with ``options``; return its counts."""
     if sum(x is not None for x in (options.collection, options.values_file)) > 1:
         raise ConfigError("Use either --collection or --values-file, not both.")
+    if options.restart and (options.collection is not None or options.values_file is not None):
+        raise ConfigError("--restart applies to the updated-since pull, not to --collection "
+                          "or --values-file, which are walked completely on every run.")
     counts = {"pages": 0, "indicators": 0, "rejected": 0, "not_in_threatq": 0}
     with stage_lock(ctx, "pull", exclusive_on_postgres=True), recorded_run(ctx, "pull", counts) as run_id:
         client = ctx.threatq()
@@ -237,7 +242,13 @@ def _pull_updated_since(
     name = _cursor_name(UPDATED_SINCE, options.types)
     signpost = ctx.clock.now()
     with ctx.sessions.begin() as session:
-        position = dict(_load_cursor(session, name, signpost).value or {})
+        stored = _load_cursor(session, name, signpost)
+        if options.restart and (stored.value or stored.page_token):
+            log_event(logger, logging.WARNING, "cursor reset by --restart", cursor=name,
+                      updated_at=(stored.value or {}).get("updated_at"))
+            stored.value, stored.page_token, stored.signpost = None, None, None
+            stored.run_id, stored.updated_at = run_id, signpost
+        position = dict(stored.value or {})
     if not position:
         start = options.since or signpost - timedelta(hours=24)
         position = {"updated_at": format_tq_time(start), "id": 0, "ties": 0}
