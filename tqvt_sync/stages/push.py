@@ -110,8 +110,7 @@ class Push:
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
         self.client = ctx.threatq()
-        self.counts = {"delivered": 0, "consumed": 0, "reconciled": 0, "failed": 0, "dead": 0,
-                       "requests_saved": 0}
+        self.counts = {"delivered": 0, "consumed": 0, "reconciled": 0, "failed": 0, "dead": 0}
         self.reconcile = os.environ.get(DISABLE_RECONCILE_ENV) != "1"
         self._lock_connection: Any = None
 
