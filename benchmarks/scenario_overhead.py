@@ -175,4 +175,4 @@ def run(quick: bool, figures: list[Figure]) -> None:
     report(Figure(NAME, "one committed one-row transaction, tqvt's SQLite settings",
                   ours * 1000, "ms", baseline=theirs * 1000,
                   baseline_name="sqlite3 defaults as the naive script uses them, ms",
-                  note="lookup commits twice per VirusTotal call"), figures)
+                  note="a sequential lookup on SQLite commits once per VirusTotal call"), figures)
