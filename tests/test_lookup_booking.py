@@ -49,14 +49,14 @@ def ledger_counts(ctx) -> tuple[int, int]:
         return row.used_today, len(row.recent_calls)
 
 
-def test_ledger_counts_every_call_of_a_full_run(library):
+def test_full_run_books_each_call(library):
     ctx, vt, _ = library
     counts = lookup(ctx)
     assert counts["calls"] == vt_object_calls(vt) == len(HASHES)
     assert ledger_counts(ctx) == (len(HASHES), len(HASHES))
 
 
-def test_stop_takes_back_the_booking_of_the_group_not_reached(library):
+def test_stop_releases_unused_booking(library):
     ctx, vt, _ = library
     seen = []
 
@@ -72,14 +72,14 @@ def test_stop_takes_back_the_booking_of_the_group_not_reached(library):
     assert ledger_counts(ctx) == (3, 3)
 
 
-def test_call_limit_books_no_call_beyond_it(library):
+def test_call_limit_books_no_extra(library):
     ctx, vt, _ = library
     counts = lookup(ctx, max_calls=4)
     assert counts["calls"] == vt_object_calls(vt) == 4
     assert ledger_counts(ctx) == (4, 4)
 
 
-def test_refused_connection_gives_the_booking_back(library, clock):
+def test_refused_connection_releases_booking(library, clock):
     ctx, vt, _ = library
     ctx = stage_context(dataclasses.replace(ctx.settings, vt_api_url=refused_url()), clock)
     with pytest.raises(ServiceUnavailableError):
@@ -89,7 +89,7 @@ def test_refused_connection_gives_the_booking_back(library, clock):
     assert ledger_counts(ctx) == (0, 0)
 
 
-def test_reset_connection_keeps_the_booking(library):
+def test_reset_connection_keeps_booking(library):
     ctx, vt, _ = library
     # The simulator reads the request and then drops the connection: VirusTotal may
     # have counted the call, so the ledger keeps it.
@@ -99,7 +99,7 @@ def test_reset_connection_keeps_the_booking(library):
     assert ledger_counts(ctx) == (len(HASHES) + 2, len(HASHES) + 2)
 
 
-def test_cache_hit_counts_an_identifier_once(library, clock):
+def test_cache_hit_counts_identifier_once(library, clock):
     ctx, vt, tq = library
     lookup(ctx)
     # Two more spellings of one hash: one group, answered from the cache.
@@ -141,7 +141,7 @@ def store_sequence(engine, start) -> None:
                                now=start + timedelta(minutes=minutes), ttl=timedelta(days=1))
 
 
-def test_store_answer_upsert_and_fallback_agree(engine, clock, tmp_path, monkeypatch):
+def test_upsert_matches_fallback(engine, clock, tmp_path, monkeypatch):
     store_sequence(engine, clock.now())
     with_upsert = cache_rows(engine)
 

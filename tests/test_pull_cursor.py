@@ -208,7 +208,7 @@ def test_since_used_only_for_first_run(tq, make_ctx, clock):
     assert set(stored(ctx)) == set(recent)
 
 
-def test_restart_forgets_the_cursor_and_starts_at_since(tq, make_ctx, clock):
+def test_restart_starts_at_since(tq, make_ctx, clock):
     old = add_domains(tq, clock, 2, seconds_ago=7200)
     ctx = make_ctx()
     pull(ctx, since(clock, hours=1))
@@ -221,7 +221,7 @@ def test_restart_forgets_the_cursor_and_starts_at_since(tq, make_ctx, clock):
     assert cursor(ctx).value["updated_at"] == tq_stamps(tq, recent)[recent[0]]
 
 
-def test_restart_rejected_for_a_collection(tq, make_ctx, clock):
+def test_restart_rejected_for_collection(tq, make_ctx, clock):
     ctx = make_ctx()
     with pytest.raises(ConfigError, match="--restart applies to the updated-since pull"):
         pull(ctx, PullOptions(collection="7", restart=True))

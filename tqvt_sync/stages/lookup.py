@@ -439,7 +439,7 @@ class Lookup:
     def _book_next_call(self, connection: Connection) -> None:
         """Book the call of the next group in ``connection``'s transaction when it will need one.
 
-        A sequential run on SQLite knows from ``_uncached`` which groups have no
+        A sequential run on SQLite finds in ``_uncached`` which groups have no
         cache row. Booking the next group's call with the answer just stored
         saves a transaction per call. When the minute window is full, the
         allowance is spent or a call limit is near, nothing is booked here and
