@@ -2,11 +2,11 @@
 
 Starting ``python -m tqvt_sync`` spends about half a second on imports (an estimate
 from ``python -X importtime`` on a 2-core test machine), which the crash test would
-pay several hundred times. This server imports the CLI and the
-stage modules once and forks a child per command. The child sets the requested
-environment, sends stderr to a log file and calls the same ``main`` as
-``python -m tqvt_sync``. It opens its own database connections and HTTP sessions,
-because nothing of the kind exists before the fork.
+pay several hundred times, and the PostgreSQL kill test twenty times. This server
+imports the CLI and the stage modules once and forks a child per command. The
+child sets the requested environment, sends stderr to a log file and calls the
+same ``main`` as ``python -m tqvt_sync``. It opens its own database connections
+and HTTP sessions, because nothing of the kind exists before the fork.
 
 Protocol, one JSON object per line on stdin: ``{"argv": [...], "env": {...},
 "log": path}``. For each, stdout gets ``pid N`` when the child starts and
@@ -21,6 +21,8 @@ import os
 import random
 import sys
 import traceback
+
+import psycopg  # noqa: F401 (the PostgreSQL driver, for commands run on PostgreSQL)
 
 import tqvt_sync.cli.main as cli_main
 

@@ -7,16 +7,13 @@ the expected ones: nothing lost, nothing duplicated.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from delivery_support import expected_state, foreign_attributes, seed_library, tally
+from forkserver_client import ForkServer
 from postgres_support import (
     UNLIMITED,
     outbox_statuses,
@@ -39,7 +36,6 @@ from tqvt_sync.sandbox import running_simulators
 pytestmark = requires_postgres
 
 KILLS = 20
-FORKING_CLI = str(Path(__file__).with_name("forking_cli.py"))
 
 
 def _run_workers(engine, env: dict[str, str], count: int
@@ -109,14 +105,6 @@ def test_postgres_push_workers_share_read_back_rows(pg_url, tmp_path, engine_of)
     assert (result.lost, result.duplicated, result.stale) == (0, 0, 0), result.details[:10]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _waiting_on_outbox(engine) -> int:
     with engine.connect() as connection:
         return connection.scalar(text(
@@ -147,29 +135,27 @@ def test_postgres_push_survives_killed_worker(pg_url, tmp_path, engine_of):
         known = wait_for(lambda: _started_by(engine), 30, "the first worker's claim")
         # Victims are forked from a process that has imported tqvt, so each one
         # starts in a fraction of a second and the queue outlasts the 20 kills.
-        forker = subprocess.Popen([sys.executable, FORKING_CLI], env=env, text=True,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        server = ForkServer(tmp_path / "forkserver.log")
         kills = kills_with_orphans = 0
         survivor_ran_throughout = True
-        for _ in range(KILLS):
-            forker.stdin.write("sync push\n")
-            forker.stdin.flush()
-            victim = int(forker.stdout.readline())
-            # Rows started under a new worker id belong to the victim: new rows it
-            # claimed, or orphans of an earlier victim that it took over.
-            claimed = wait_for(lambda: _started_by(engine) - known, 30, "the victim's claim")
-            time.sleep(rng.uniform(0.0, 0.3))
-            os.kill(victim, signal.SIGKILL)
-            wait_for(lambda: not _alive(victim), 10, "the victim's end")
-            kills += 1
-            known |= claimed
-            # A victim may finish its batch before the kill; count the kills that
-            # left started rows behind.
-            orphaned = _started_by(engine) & claimed
-            kills_with_orphans += bool(orphaned)
-            survivor_ran_throughout = survivor_ran_throughout and survivor.poll() is None
-        forker.stdin.close()
-        forker.wait(timeout=10)
+        try:
+            for _ in range(KILLS):
+                victim = server.start(("sync", "push"), env, tmp_path / "victims.log")
+                # Rows started under a new worker id belong to the victim: new rows it
+                # claimed, or orphans of an earlier victim that it took over.
+                claimed = wait_for(lambda: _started_by(engine) - known, 30, "the victim's claim")
+                time.sleep(rng.uniform(0.0, 0.3))
+                victim.kill()
+                assert victim.wait() == -signal.SIGKILL
+                kills += 1
+                known |= claimed
+                # A victim may finish its batch before the kill; count the kills that
+                # left started rows behind.
+                orphaned = _started_by(engine) & claimed
+                kills_with_orphans += bool(orphaned)
+                survivor_ran_throughout = survivor_ran_throughout and survivor.poll() is None
+        finally:
+            server.close()
         _, survivor_err = survivor.communicate(timeout=120)
         result = tally(tq, expected_state(tq, vt, library.ids, scores=scores))
 
