@@ -31,13 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Engine
 
 from tqvt_sync.cli.runtime import Runtime
 from tqvt_sync.clock import SystemClock
@@ -45,6 +42,7 @@ from tqvt_sync.config import Settings, load_settings
 from tqvt_sync.db.engine import make_engine
 from tqvt_sync.db.models import OutboxEntry, Run
 from tqvt_sync.sandbox import DEFAULT_API_KEY, QuotaPlan, running_simulators
+from tqvt_sync.sandbox.postgres import scratch_database
 from tqvt_sync.stages.lookup import lookup
 from tqvt_sync.stages.pull import PullOptions, pull
 from tqvt_sync.stages.push import push
@@ -52,21 +50,6 @@ from tqvt_sync.stages.rescore import rescore
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UNLIMITED = QuotaPlan(minute=None, hourly=None, daily=None, monthly=None)
-
-
-@contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    """Create an empty database on the server of ``admin_url`` and drop it on exit."""
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"tqvt_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 def settings_for(tq, vt, url: str, workdir: str) -> Settings:
@@ -158,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default 0.05)")
     args = parser.parse_args(argv)
 
-    with scratch_database(args.url) as url, running_simulators(vt_plan=UNLIMITED) as (tq, vt), \
+    with scratch_database(args.url, "tqvt_bench") as url, running_simulators(vt_plan=UNLIMITED) as (tq, vt), \
             tempfile.TemporaryDirectory() as workdir:
         seed(tq, vt, args.indicators)
         settings = settings_for(tq, vt, url, workdir)

@@ -12,15 +12,13 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 from support import sim_settings, stage_context
 
 from tqvt_sync.clock import Clock
@@ -29,6 +27,7 @@ from tqvt_sync.db import migrate
 from tqvt_sync.db.engine import make_engine
 from tqvt_sync.db.models import OutboxEntry, Run
 from tqvt_sync.sandbox import QuotaPlan
+from tqvt_sync.sandbox.postgres import scratch_database
 from tqvt_sync.stages.lookup import lookup
 from tqvt_sync.stages.pull import PullOptions, pull
 from tqvt_sync.stages.push import push
@@ -44,21 +43,9 @@ requires_postgres = [
 ]
 
 
-@contextmanager
-def fresh_database() -> Iterator[str]:
+def fresh_database() -> AbstractContextManager[str]:
     """Create an empty database on the server of TQVT_TEST_POSTGRES_URL and drop it on exit."""
-    admin_url = os.environ[ADMIN_URL_ENV]
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"tqvt_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            # FORCE ends the sessions of workers that a failed test left running.
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    return scratch_database(os.environ[ADMIN_URL_ENV], "tqvt_test")
 
 
 @pytest.fixture
