@@ -30,6 +30,8 @@ from tqvt_sync.db.models import Indicator
 from tqvt_sync.sandbox import DEFAULT_API_KEY, QuotaPlan, ThreatQSimulator, VirusTotalSimulator
 
 PREMIUM_KEY = "doctor-premium-key"
+# The revision that the copied migrations of a "newer tqvt" add on top of the real head.
+NEWER_HEAD = "9000"
 PREMIUM = QuotaPlan(minute=1000, hourly=60_000, daily=100_000, monthly=None)
 
 CONFIGURATION_OK = ("ok       configuration        every setting that ThreatQ and VirusTotal "
@@ -265,17 +267,18 @@ def test_doctor_reserve_lowers_capacity(sims, workdir):
 
 
 def test_doctor_outdated_schema(sims, workdir, monkeypatch):
+    current = migrate.head_revision()
     use_migrations_with_newer_head(workdir / "migrations", monkeypatch)
     engine = make_engine(f"sqlite:///{workdir / 'state.db'}")
-    migrate.upgrade(engine, "0001")
+    migrate.upgrade(engine, current)
     engine.dispose()
 
     result = doctor(sims, workdir)
 
     lines = result.stdout.splitlines()
     assert lines[6:] == [
-        "failed   database             The state database is at schema revision 0001, older "
-        "than 0002; run 'tqvt db upgrade'.",
+        f"failed   database             The state database is at schema revision {current}, "
+        f"older than {NEWER_HEAD}; run 'tqvt db upgrade'.",
         "skipped  daily volume         not checked because 'database' failed",
     ]
     assert result.exit_code == 1
@@ -384,9 +387,9 @@ def use_migrations_with_newer_head(directory: Path, monkeypatch) -> None:
     """Point tqvt at a copy of its migrations with one more revision, as a newer tqvt has."""
     source = resources.files("tqvt_sync.migrations")
     shutil.copytree(str(source), directory, ignore=shutil.ignore_patterns("__pycache__"))
-    (directory / "versions" / "0002_doctor_newer_head.py").write_text(
-        'revision = "0002"\n'
-        'down_revision = "0001"\n'
+    (directory / "versions" / f"{NEWER_HEAD}_doctor_newer_head.py").write_text(
+        f'revision = "{NEWER_HEAD}"\n'
+        f'down_revision = "{migrate.head_revision()}"\n'
         "branch_labels = None\n"
         "depends_on = None\n\n\n"
         "def upgrade() -> None:\n"

@@ -373,6 +373,45 @@ def test_retry_after_503_is_booked(tmp_path, clock):
 
 
 @pytest.fixture
+def hourly_429(tmp_path, clock):
+    """A run that meets VirusTotal's hourly 429 after 3 calls, as on a key shared with others.
+
+    The hourly allowance of 3 gives a local minute limit of 1, so pacing alone lets the
+    fourth call out after three minutes.
+    """
+    plan = QuotaPlan(minute=4, hourly=3, daily=500, monthly=None)
+    with lookup_bench(tmp_path, clock, plan) as bench:
+        bench.queue(file_items(5, "hourly429"))
+        with pytest.raises(QuotaExhaustedError) as raised:
+            lookup(bench.ctx)
+        yield bench, raised.value
+
+
+def test_hourly_429_blocks_for_an_hour(hourly_429):
+    bench, error = hourly_429
+    assert bench.rejections()["hourly"] == 1
+    assert error.scope == "hourly"
+    assert ledger_row(bench).blocked_until == error.blocked_until == bench.clock.now() + timedelta(
+        hours=1)
+    assert "The VirusTotal hourly quota is spent" in str(error)
+
+
+def test_hourly_block_rerun_sends_nothing(hourly_429):
+    bench, _ = hourly_429
+    before = len(bench.vt.requests.snapshot())
+    with pytest.raises(QuotaExhaustedError):
+        lookup(bench.ctx)
+    assert len(bench.vt.requests.snapshot()) == before
+
+
+def test_hourly_block_rerun_with_wait_carries_on(hourly_429):
+    bench, _ = hourly_429
+    counts = lookup(bench.ctx, wait=True)
+    assert counts["identifiers"] == 2
+    assert ledger_row(bench).blocked_until is None
+
+
+@pytest.fixture
 def daily_429(tmp_path, clock):
     """A run that meets VirusTotal's daily 429 after 5 calls (the override claims 1,000)."""
     plan = QuotaPlan(minute=4, hourly=240, daily=5, monthly=None)

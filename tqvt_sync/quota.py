@@ -47,6 +47,8 @@ class QuotaLimits:
     source: str
     used_today: int | None = None
     used_month: int | None = None
+    hourly: int | None = None
+    used_hour: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def limits_from_overall_quotas(data: dict[str, Any]) -> QuotaLimits:
                 allowed = used + max(spare, 0)
         return allowed, used
 
-    hourly, _ = entry("api_requests_hourly")
+    hourly, used_hour = entry("api_requests_hourly")
     daily, used_today = entry("api_requests_daily")
     monthly, used_month = entry("api_requests_monthly")
     minute = max(1, hourly // 60) if hourly is not None else FALLBACK_MINUTE_LIMIT
@@ -112,6 +114,8 @@ def limits_from_overall_quotas(data: dict[str, Any]) -> QuotaLimits:
         source="virustotal",
         used_today=used_today,
         used_month=used_month,
+        hourly=hourly,
+        used_hour=used_hour,
     )
 
 

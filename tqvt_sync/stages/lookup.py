@@ -234,6 +234,11 @@ class Lookup:
         elif data and limits is not None and limits.used_today is not None \
                 and limits.used_today >= limits.daily:
             self.ledger.block("daily", next_midnight(now))
+        elif limits is not None and limits.hourly is not None and limits.used_hour is not None \
+                and limits.used_hour >= limits.hourly:
+            # NOTE: no public source says whether the hourly allowance counts the last
+            # 60 minutes or the clock hour. An hour from now is past the reset in both.
+            self.ledger.block("hourly", now + timedelta(hours=1))
         else:
             self._unexplained_429 += 1
             if self._unexplained_429 > MAX_UNEXPLAINED_429:
