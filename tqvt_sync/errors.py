@@ -15,7 +15,7 @@ catches ``TqvtError`` once, prints its message as one sentence and exits with
     │       ├── OutcomeUnknownError    exit 75  a write was sent but its answer was lost
     │       └── NotSentError           exit 75  no byte of the request reached the server
     └── TemporaryStop                  exit 75  stop now, rerun later and nothing is lost
-        ├── QuotaExhaustedError        exit 75  VirusTotal daily or monthly quota spent
+        ├── QuotaExhaustedError        exit 75  VirusTotal hourly, daily or monthly quota spent
         ├── ServiceUnavailableError    exit 75  retries exhausted against a service
         └── StageBusyError             exit 75  another process runs this stage on this database
 
@@ -113,7 +113,7 @@ class TemporaryStop(TqvtError):
 
 
 class QuotaExhaustedError(TemporaryStop):
-    """The VirusTotal daily or monthly quota is spent until ``blocked_until``."""
+    """The VirusTotal hourly, daily or monthly quota is spent until ``blocked_until``."""
 
     def __init__(self, message: str, *, blocked_until: datetime, scope: str = "daily") -> None:
         super().__init__(message)

@@ -249,7 +249,8 @@ class QuotaLedger(Base):
     month: Mapped[str] = mapped_column(String(7), comment="UTC month that used_month counts")
     used_month: Mapped[int] = mapped_column(Integer, default=0, comment="calls booked in month")
     blocked_until: Mapped[datetime | None] = mapped_column(
-        UTCDateTime, comment="no call is booked before this time (hourly, daily or monthly quota spent)",
+        UTCDateTime,
+        comment="no call is booked before this time (hourly, daily or monthly quota spent)",
     )
     blocked_scope: Mapped[str | None] = mapped_column(
         String(10), comment="'hourly', 'daily' or 'monthly' while blocked",

@@ -132,8 +132,9 @@ def store_answer(
     A found object is keyed by its ``data.id``, so two identifiers that
     VirusTotal resolves to one object (an MD5 and a SHA-256, two spellings of a
     URL) share one row. A lookup stores one answer per VirusTotal call, so the
-    statements are built once and run on ``connection`` without the ORM: an upsert for the object and one for its aliases where the database
-    supports ON CONFLICT with RETURNING, a read and a write for each otherwise.
+    statements are built once and run on ``connection`` without the ORM: an upsert
+    for the object and one for its aliases where the database supports ON CONFLICT
+    with RETURNING, a read and a write for each otherwise.
     """
     key = str(summary["id"]) if summary is not None and summary.get("id") else identifier
     if connection.dialect.name != "sqlite":

@@ -330,7 +330,7 @@ class Lookup:
         return True
 
     def _claim(self, session: Session | Connection, group: Group, now: datetime) -> list[Any]:
-        """Return the due indicators of ``group`` (id, value and type name), locked on PostgreSQL."""
+        """Return the due indicators of ``group`` (id, value, type name), locked on PostgreSQL."""
         single = len(group.indicator_ids) == 1
         statement = _CLAIMS[single, not is_sqlite(self.ctx.engine)]
         connection = session.connection() if isinstance(session, Session) else session
@@ -574,7 +574,7 @@ class Lookup:
 def lookup(ctx: StageContext, *, wait: bool = False, max_calls: int | None = None) -> dict[str, int]:
     """Run the lookup stage; return its counts.
 
-    Raises QuotaExhaustedError (exit 75) when the daily or monthly quota is
+    Raises QuotaExhaustedError (exit 75) when the hourly, daily or monthly quota is
     spent, unless ``wait`` is set, in which case it sleeps until the reset.
     """
     with stage_lock(ctx, "lookup", exclusive_on_postgres=False):

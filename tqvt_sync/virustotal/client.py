@@ -66,7 +66,7 @@ _MAX_ERROR_TEXT = 300
 
 
 class VtQuotaError(RetriableApiError):
-    """HTTP 429 ``QuotaExceededError``: a minute, daily or monthly quota is spent.
+    """HTTP 429 ``QuotaExceededError``: a minute, hourly, daily or monthly quota is spent.
 
     VirusTotal sends the same code for all three, so ``fetch_overall_quotas`` must be
     read to find out which one is spent.
