@@ -117,6 +117,23 @@ def test_lookup_duplicate_identifiers_cost_one_call(sims, make_ctx, clock):
     assert len(outbox_rows(ctx)) == 3
 
 
+def test_lookup_other_hashes_of_file_cost_nothing(sims, make_ctx, clock):
+    tq, vt = sims
+    document = vt.add_generated("file", HASH_A, malicious=2)
+    hashes = document["data"]["attributes"]
+    # The SHA-256 has the highest score, so it is looked up first.
+    tq.add_indicator(HASH_A, "SHA-256", score=9)
+    tq.add_indicator(hashes["md5"], "MD5", score=5)
+    tq.add_indicator(hashes["sha1"], "SHA-1", score=1)
+    clock.advance(5)
+    ctx = make_ctx()
+    pulled(ctx, clock)
+    counts = lookup(ctx)
+    assert vt_object_calls(vt) == 1
+    assert counts["cache_hits"] == 2
+    assert len(outbox_rows(ctx)) == 3
+
+
 def test_lookup_unsupported_and_invalid_cost_nothing(sims, make_ctx, clock):
     tq, vt = sims
     tq.add_indicator("0" * 128, "SHA-512")

@@ -140,7 +140,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
     _setting("page_size", "TQVT_PAGE_SIZE", "int", 500,
              "Indicators requested from ThreatQ per page.", "500", minimum=1, maximum=500),
     _setting("vt_concurrency", "TQVT_VT_CONCURRENCY", "int", 1,
-             "VirusTotal requests in flight at once; the minute limit still applies.", "4",
+             "VirusTotal requests in flight at once; the minute limit still applies. Above 1, "
+             "two hashes or URL spellings of one object may both be sent before either answer "
+             "is cached, so keep 1 on a free key.", "4",
              minimum=1, maximum=64),
     _setting("http_timeout", "TQVT_HTTP_TIMEOUT", "seconds", 30.0,
              "Timeout in seconds for connecting to and reading from ThreatQ and VirusTotal.",

@@ -42,7 +42,6 @@ def demo(runtime: Runtime, keep: bool) -> None:
             vt_api_key=DEFAULT_API_KEY,
             vt_api_url=vt.url,
             db=runtime.options.get("db") or f"{workdir}/demo.db",
-            vt_concurrency=4,
             log_level=runtime.options.get("log_level") or "WARNING",
         )
         demo_runtime = Runtime(options={}, settings_override=settings, quiet=runtime.quiet)

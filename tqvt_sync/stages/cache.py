@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -116,6 +117,8 @@ class StoredAnswer:
     object_key: str
     found: bool
     expires_at: datetime
+    # Every identifier that now resolves to the row.
+    aliases: tuple[str, ...] = ()
 
 
 def store_answer(
@@ -126,12 +129,14 @@ def store_answer(
     summary: dict[str, Any] | None,
     now: datetime,
     ttl: timedelta,
+    other_identifiers: Iterable[str] = (),
 ) -> StoredAnswer:
     """Store a VirusTotal answer (``summary`` None for not found) and alias ``identifier`` to it.
 
     A found object is keyed by its ``data.id``, so two identifiers that
     VirusTotal resolves to one object (an MD5 and a SHA-256, two spellings of a
-    URL) share one row. A lookup stores one answer per VirusTotal call, so the
+    URL) share one row. ``other_identifiers`` (a file's other hashes) become
+    aliases too, so a later lookup by any of them is served from the cache. A lookup stores one answer per VirusTotal call, so the
     statements are built once and run on ``connection`` without the ORM: an upsert
     for the object and one for its aliases where the database supports ON CONFLICT
     with RETURNING, a read and a write for each otherwise.
@@ -144,14 +149,16 @@ def store_answer(
         wait_for_transaction_lock(connection, CACHE_OBJECT_LOCK, f"{kind}:{key}")
     values = {"found": summary is not None, "summary": pack_summary(summary),
               "fetched_at": now, "expires_at": now + ttl}
-    aliases = [{"kind": kind, "identifier": alias_key} for alias_key in sorted({identifier, key})]
+    keys = sorted({identifier, key, *other_identifiers})
+    aliases = [{"kind": kind, "identifier": alias_key} for alias_key in keys]
     upserts = _upserts(connection.dialect.name) if connection.dialect.insert_returning else None
     if upserts is not None:
         upsert_object, upsert_alias = upserts
         object_id = connection.execute(
             upsert_object, {"kind": kind, "object_key": key, "hits": 0, **values}).scalar_one()
         connection.execute(upsert_alias, [{**alias, "object_id": object_id} for alias in aliases])
-        return StoredAnswer(object_id, kind, key, summary is not None, values["expires_at"])
+        return StoredAnswer(object_id, kind, key, summary is not None, values["expires_at"],
+                            tuple(keys))
     object_id = connection.execute(_OBJECT_ID, {"kind": kind, "key": key}).scalar_one_or_none()
     if object_id is None:
         object_id = connection.execute(
@@ -168,7 +175,8 @@ def store_answer(
             connection.execute(_UPDATE_ALIAS, {"alias_kind": kind,
                                                "alias_identifier": alias["identifier"],
                                                "object_id": object_id})
-    return StoredAnswer(object_id, kind, key, summary is not None, values["expires_at"])
+    return StoredAnswer(object_id, kind, key, summary is not None, values["expires_at"],
+                        tuple(keys))
 
 
 def purge(session: Session, now: datetime, *, everything: bool = False) -> int:

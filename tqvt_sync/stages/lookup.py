@@ -49,7 +49,7 @@ from tqvt_sync.quota import (
 from tqvt_sync.stages.cache import find_fresh, store_answer, uncached_pairs, unpack_summary
 from tqvt_sync.stages.common import StageContext, add_to_counters, recorded_run, stage_lock
 from tqvt_sync.stages.verdicts import apply_answer
-from tqvt_sync.virustotal.attributes import summarize
+from tqvt_sync.virustotal.attributes import file_hashes, summarize
 from tqvt_sync.virustotal.client import VtQuotaError
 
 logger = logging.getLogger(__name__)
@@ -424,11 +424,14 @@ class Lookup:
         settings = self.ctx.settings
         summary = summarize(group.kind, answer.data) if answer.found else None
         ttl = settings.cache_ttl if answer.found else settings.not_found_ttl
+        other_identifiers = file_hashes(answer.data) if answer.found and group.kind == "file" \
+            else []
         cached = store_answer(connection, kind=group.kind, identifier=group.identifier,
-                              summary=summary, now=now, ttl=ttl)
-        # Both aliases of the new row can now answer later groups of the batch.
-        self._uncached.discard((group.kind, group.identifier))
-        self._uncached.discard((group.kind, cached.object_key))
+                              summary=summary, now=now, ttl=ttl,
+                              other_identifiers=other_identifiers)
+        # Every alias of the new row can now answer later groups of the batch.
+        for alias in cached.aliases:
+            self._uncached.discard((group.kind, alias))
         indicators = self._claim(connection, group, now)
         self.counts["queued_writes"] += apply_answer(
             connection, settings, indicators, kind=group.kind, summary=summary,

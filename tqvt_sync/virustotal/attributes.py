@@ -89,6 +89,25 @@ def summarize(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+_HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64}
+
+
+def file_hashes(data: Mapping[str, Any]) -> list[str]:
+    """Return the MD5, SHA-1 and SHA-256 that a VirusTotal file object lists for itself.
+
+    Each is lowercase hexadecimal of the right length; any other value is left out.
+    A lookup of any of the three identifies the same file object.
+    """
+    attributes = _mapping(data.get("attributes"))
+    hashes = []
+    for name, length in _HASH_LENGTHS.items():
+        value = attributes.get(name)
+        if isinstance(value, str) and len(value) == length and \
+                all(char in "0123456789abcdef" for char in value):
+            hashes.append(value)
+    return hashes
+
+
 def build_attributes(
     kind: str,
     summary: Mapping[str, Any] | None,
