@@ -158,3 +158,48 @@ def test_upsert_matches_fallback(engine, clock, tmp_path, monkeypatch):
     assert [row.object_key for row in objects] == ["f" * 32, "e" * 64]
     assert [(row.identifier, row.object_key) for row in aliases] == [
         ("e" * 64, "e" * 64), ("f" * 32, "e" * 64)]
+
+
+def test_retry_stays_within_call_limit(library):
+    ctx, vt, _ = library
+    vt.faults.inject("status", path="/files/", status=503, times=1)
+    counts = lookup(ctx, max_calls=1)
+    assert counts["calls"] == vt_object_calls(vt) == 1
+    assert ledger_counts(ctx) == (1, 1)
+
+
+def test_stop_during_minute_wait_sends_nothing(library, clock, monkeypatch):
+    ctx, vt, _ = library
+    vt.faults.inject("status", path="/files/", status=429, times=1)
+    sleep = clock.sleep
+
+    def stop_then_sleep(seconds):
+        ctx.stop.set("test")
+        sleep(seconds)
+
+    monkeypatch.setattr(clock, "sleep", stop_then_sleep)
+    counts = lookup(ctx)
+    assert counts["calls"] == vt_object_calls(vt) == 1
+
+
+def test_stop_with_threads_starts_no_more(clock, db_url, tmp_path):
+    """With four connections, a stop lets the calls in flight finish and starts no other."""
+    with running_simulators(clock=clock, vt_plan=PLAN) as (tq, vt):
+        for position in range(40):
+            value = f"{position:064x}"
+            vt.add_generated("file", value, malicious=1)
+            tq.add_indicator(value, "SHA-256")
+        clock.advance(5)
+        settings = sim_settings(tq, vt, db_url, str(tmp_path), vt_concurrency=4)
+        ctx = stage_context(settings, clock)
+        pull(ctx, PullOptions(since=clock.now() - timedelta(days=1)))
+        vt.latency = 0.05
+
+        def stop_at_first(event):
+            if event["event"] == "progress":
+                ctx.stop.set("test")
+
+        ctx.progress = stop_at_first
+        counts = lookup(ctx)
+        assert counts["calls"] == vt_object_calls(vt) <= 8
+        assert ledger_counts(ctx)[0] == counts["calls"]

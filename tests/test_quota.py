@@ -355,3 +355,30 @@ def wait_for_lock_wait(engine, timeout: float = 10.0) -> None:
                 return
             time.sleep(0.05)
     raise AssertionError("the second worker never waited for the first one's insert")
+
+
+# -- release and the time of a booking ------------------------------------------------
+
+
+def test_release_after_window_still_counts_down(engine, clock):
+    ledger = make_ledger(engine, clock)
+    stamp = ledger.book()
+    clock.advance(120)
+    ledger.release(stamp)
+    row = ledger_row(engine)
+    assert (row.used_today, row.used_month, row.recent_calls) == (0, 0, [])
+
+
+def test_booking_stamped_after_lock_wait(engine, clock):
+    """A booking that waits for another writer is stamped when it gets the lock."""
+    ledger = make_ledger(engine, clock)
+    booked: list[str | None] = []
+    with engine.connect() as blocker:
+        blocker.begin()  # BEGIN IMMEDIATE: the booking below waits for it
+        booker = threading.Thread(target=lambda: booked.append(ledger.book()))
+        booker.start()
+        time.sleep(0.3)
+        clock.advance(25)
+        blocker.commit()
+        booker.join(timeout=10)
+    assert booked == [clock.now().isoformat(timespec="microseconds")]

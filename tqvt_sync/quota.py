@@ -177,25 +177,27 @@ class Ledger:
 
     @contextmanager
     def _locked_row(
-        self, now: datetime, connection: Connection | None = None
-    ) -> Iterator[_LedgerRow]:
-        """Lock this key's row, yield it, and write back what changed.
+        self, connection: Connection | None = None
+    ) -> Iterator[tuple[_LedgerRow, datetime]]:
+        """Lock this key's row, yield it with the time, and write back what changed.
 
         The row is locked in ``connection``'s transaction when one is given, else in
-        a transaction of its own that commits on exit. A call is booked in every
-        such transaction, so the statements are built once, at import, and run
-        without the ORM.
+        a transaction of its own that commits on exit. The time is read once the
+        lock is held, so a booking that waited for another process's transaction
+        is stamped when it happens. A call is booked in every such transaction, so
+        the statements are built once, at import, and run without the ORM.
         """
         if connection is None:
             with self._sessions.begin() as session:
-                with self._locked_row(now, session.connection()) as row:
-                    yield row
+                with self._locked_row(session.connection()) as locked:
+                    yield locked
             return
         row = self._select_for_update(connection)
+        now = self._clock.now()
         if row is None:
             row = self._insert(connection, now)
         self._roll_over(row, now)
-        yield row
+        yield row, now
         changes = row.changes()
         if changes:
             connection.execute(_UPDATE_ROW, {"key": self._key_hash, **changes})
@@ -262,8 +264,7 @@ class Ledger:
 
     def apply_limits(self, limits: QuotaLimits) -> None:
         """Store ``limits``; counts VirusTotal reports as used raise the local counts."""
-        now = self._clock.now()
-        with self._locked_row(now) as row:
+        with self._locked_row() as (row, now):
             row.minute_limit, row.daily_limit = limits.minute, limits.daily
             row.monthly_limit, row.limits_source = limits.monthly, limits.source
             row.limits_read_at = now
@@ -275,8 +276,7 @@ class Ledger:
 
     def check_blocked(self) -> None:
         """Raise QuotaExhaustedError when no call may be booked before a reset."""
-        now = self._clock.now()
-        with self._locked_row(now) as row:
+        with self._locked_row() as (row, now):
             self._remember(row, now)
             self._raise_if_exhausted(row, now)
 
@@ -285,8 +285,7 @@ class Ledger:
 
         Reads only the ledger, so a rerun before ``blocked_until`` sends nothing to VirusTotal.
         """
-        now = self._clock.now()
-        with self._locked_row(now) as row:
+        with self._locked_row() as (row, now):
             if row.blocked_until is not None:
                 raise _exhausted(row.blocked_scope or "daily", row.blocked_until)
 
@@ -318,8 +317,7 @@ class Ledger:
 
     def _book_once(self, connection: Connection | None) -> tuple[float, str | None]:
         """Return (0, stamp) after booking a call, or (seconds to wait, None)."""
-        now = self._clock.now()
-        with self._locked_row(now, connection) as row:
+        with self._locked_row(connection) as (row, now):
             self._remember(row, now)
             self._raise_if_exhausted(row, now)
             slot = self._next_slot(row, now)
@@ -335,15 +333,14 @@ class Ledger:
     def release(self, stamp: str) -> None:
         """Take back the booking made at ``stamp`` for a call that was never sent.
 
-        Nothing changes when the booking has already left the minute window.
+        Each stamp must be released at most once. A booking older than the minute
+        window still comes off the counts of its day and month.
         """
-        now = self._clock.now()
-        with self._locked_row(now) as row:
-            if stamp not in row.recent_calls:
-                return
-            remaining = list(row.recent_calls)
-            remaining.remove(stamp)
-            row.recent_calls = remaining
+        with self._locked_row() as (row, now):
+            if stamp in row.recent_calls:
+                remaining = list(row.recent_calls)
+                remaining.remove(stamp)
+                row.recent_calls = remaining
             if stamp[:10] == row.day and row.used_today > 0:
                 row.used_today -= 1
             if stamp[:7] == row.month and row.used_month > 0:
@@ -358,6 +355,8 @@ class Ledger:
         ``release`` takes, once a call is booked.
         """
         while True:
+            if should_stop is not None and should_stop():
+                return None
             delay, stamp = self._book_once(None)
             if stamp is not None:
                 return stamp
@@ -372,16 +371,14 @@ class Ledger:
 
     def block(self, scope: str, until: datetime) -> None:
         """Persist that VirusTotal reported the ``scope`` quota spent until ``until``."""
-        now = self._clock.now()
-        with self._locked_row(now) as row:
+        with self._locked_row() as (row, now):
             row.blocked_until, row.blocked_scope = until, scope
             if scope == "daily":
                 row.used_today = max(row.used_today, row.daily_limit)
         logger.warning("VirusTotal %s quota spent; no call before %s", scope, until.isoformat())
 
     def snapshot(self) -> QuotaSnapshot:
-        now = self._clock.now()
-        with self._locked_row(now) as row:
+        with self._locked_row() as (row, now):
             return QuotaSnapshot(
                 minute_limit=row.minute_limit,
                 daily_limit=row.daily_limit,

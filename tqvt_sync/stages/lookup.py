@@ -34,6 +34,7 @@ from tqvt_sync.errors import (
     ResponseFormatError,
     RetriableApiError,
     ServiceUnavailableError,
+    TemporaryStop,
 )
 from tqvt_sync.http import backoff_delay
 from tqvt_sync.logs import bind_run_context, current_run_context, escape, log_event
@@ -219,8 +220,13 @@ class Lookup:
             seconds -= step
         return not self.ctx.stop.is_set()
 
-    def _explain_429(self) -> None:
-        """Ask the quotas endpoint which quota a 429 QuotaExceededError refers to."""
+    def _explain_429(self) -> bool:
+        """Ask the quotas endpoint which quota a 429 QuotaExceededError refers to.
+
+        Raises QuotaExhaustedError for a spent hourly, daily or monthly allowance.
+        For the minute limit it waits, and returns False when a stop was requested
+        during the wait, True when the call may be sent again.
+        """
         now = self.ctx.clock.now()
         try:
             data = self.client.fetch_overall_quotas()
@@ -248,9 +254,9 @@ class Lookup:
                 )
             log_event(logger, logging.WARNING, "per-minute quota hit; waiting",
                       seconds=MINUTE_RETRY_SECONDS)
-            self._sleep(MINUTE_RETRY_SECONDS + self._rng.uniform(0, 5))
-            return
+            return self._sleep(MINUTE_RETRY_SECONDS + self._rng.uniform(0, 5))
         self.ledger.check_blocked()
+        return True
 
     # -- one identifier ----------------------------------------------------
 
@@ -262,11 +268,16 @@ class Lookup:
         """
         attempt = 0
         while True:
+            if self.ctx.stop.is_set():
+                return None
             if self._booked_for is not None and self._booked_for[0] == group:
                 # The call was booked when the previous answer was stored.
                 stamp = self._booked_for[1]
                 self._booked_for = None
             else:
+                if self.max_calls is not None and self.counts["calls"] >= self.max_calls:
+                    # A retry would go past --max-calls; the group waits for the next run.
+                    return None
                 stamp = self.ledger.book(on_wait=self._report_wait,
                                          should_stop=self.ctx.stop.is_set)
                 if stamp is None:
@@ -277,7 +288,8 @@ class Lookup:
                 self._unexplained_429 = 0
                 return answer
             except VtQuotaError:
-                self._explain_429()
+                if not self._explain_429():
+                    return None
             except (RetriableApiError, ResponseFormatError) as exc:
                 if isinstance(exc, NotSentError):
                     self.ledger.release(stamp)
@@ -341,7 +353,13 @@ class Lookup:
         }))
 
     def process(self, group: Group) -> bool:
-        """Serve or look up one group, and return False if another worker had locked it."""
+        """Serve or look up one group, and return False if another worker had locked it.
+
+        Returns False at once after a stop request: the thread pool may hold many
+        more groups, and none of them starts.
+        """
+        if self.ctx.stop.is_set():
+            return False
         if self._connection is not None and (group.kind, group.identifier) in self._uncached:
             return self._look_up_uncached(group, self._connection)
         with self._group_session() as session:
@@ -583,4 +601,8 @@ def lookup(ctx: StageContext, *, wait: bool = False, max_calls: int | None = Non
     with stage_lock(ctx, "lookup", exclusive_on_postgres=False):
         stage = Lookup(ctx, wait=wait, max_calls=max_calls)
         with recorded_run(ctx, "lookup", stage.counts):
-            return stage.run()
+            try:
+                return stage.run()
+            except TemporaryStop as exc:
+                exc.counts = dict(stage.counts)
+                raise
