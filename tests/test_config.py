@@ -238,10 +238,11 @@ def test_unreadable_dotenv_line_is_an_error(tmp_path):
                        "as NAME=value (quote a value that contains spaces or #).")
 
 
-def test_dotenv_name_without_value_is_an_error(tmp_path):
-    message = load_error(tmp_path, dotenv="# comment\nVT_API_KEY\n")
-    assert message == (f"Line 2 of the .env file {tmp_path / '.env'} names VT_API_KEY "
-                       "without '='; write it as VT_API_KEY=value.")
+def test_dotenv_line_without_equals_is_an_error(tmp_path):
+    # A secret pasted on a line of its own must not appear in the message.
+    message = load_error(tmp_path, dotenv=f"# comment\n{CANARY}\n")
+    assert message == (f"Line 2 of the .env file {tmp_path / '.env'} has no '='; write it "
+                       "as NAME=value.")
 
 
 def test_dotenv_comments_blank_lines_and_export_are_accepted(tmp_path):

@@ -116,8 +116,8 @@ def _check_dotenv_lines(stream: TextIO, path: Path) -> None:
     """Raise ConfigError for the first line of a .env file that sets nothing readable.
 
     python-dotenv skips such lines, and a secret on one of them would then be
-    reported as missing. The message quotes the line number and at most the
-    variable name, never a value.
+    reported as missing. The message gives the line number and never the line's
+    text: a line without '=' may be a secret pasted on its own.
     """
     for binding in parse_stream(stream):
         line = binding.original.line
@@ -127,10 +127,8 @@ def _check_dotenv_lines(stream: TextIO, path: Path) -> None:
                 "(quote a value that contains spaces or #)."
             )
         if binding.key is not None and binding.value is None:
-            name = escape(binding.key)
             raise ConfigError(
-                f"Line {line} of the .env file {path} names {name} without '='; "
-                f"write it as {name}=value."
+                f"Line {line} of the .env file {path} has no '='; write it as NAME=value."
             )
 
 
