@@ -80,6 +80,11 @@ def test_daily_429_message_gives_local_reset(daily_spent_cli):
     assert f"({local} " in daily_spent_cli["first"].stderr
 
 
+def test_daily_429_prints_counts(daily_spent_cli):
+    assert daily_spent_cli["first"].stdout.startswith("lookup: identifiers 5, indicators 5, "
+                                                      "calls 6,")
+
+
 def test_blocked_rerun_exits_75(daily_spent_cli):
     assert daily_spent_cli["rerun"].returncode == EXIT_TEMPORARY
 

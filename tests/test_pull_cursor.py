@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from cli_invoke import run_main
 from support import sim_settings, stage_context
 
 from tqvt_sync.db.models import Cursor, Indicator
@@ -225,6 +226,23 @@ def test_restart_rejected_for_collection(tq, make_ctx, clock):
     ctx = make_ctx()
     with pytest.raises(ConfigError, match="--restart applies to the updated-since pull"):
         pull(ctx, PullOptions(collection="7", restart=True))
+
+
+def test_failed_restart_keeps_cursor(tq, make_ctx, clock):
+    add_domains(tq, clock, 2, seconds_ago=600)
+    pull(make_ctx(), since(clock))
+    kept = cursor(make_ctx()).value
+    ctx = make_ctx(hooks={1: outage})
+    with pytest.raises(ServiceUnavailableError):
+        pull(ctx, PullOptions(since=clock.now() - timedelta(hours=3), restart=True))
+    assert cursor(ctx).value == kept
+
+
+def test_restart_with_collection_is_usage_error(tmp_path):
+    result = run_main(["--db", str(tmp_path / "state.db"), "sync", "pull", "--restart",
+                       "--collection", "7"])
+    assert result.exit_code == 2
+    assert "--restart applies to the updated-since pull" in result.stderr
 
 
 # -- pages and their cursor -----------------------------------------------------

@@ -141,8 +141,9 @@ def sync() -> None:
 @sync.command("pull")
 @pull_options
 @click.option("--restart", is_flag=True,
-              help="Forget the stored cursor and start again at --since (default 24h); "
-                   "indicators already queued keep their state.")
+              help="Ignore the stored cursor and start again at --since (default 24h); "
+                   "the first stored page replaces the cursor. Indicators already queued "
+                   "keep their state.")
 @click.pass_obj
 def pull_command(runtime: Runtime, since: str | None, collection: str | None,
                  values_file: str | None, types: str | None, restart: bool) -> None:
@@ -151,6 +152,9 @@ def pull_command(runtime: Runtime, since: str | None, collection: str | None,
 
     from tqvt_sync.stages.pull import pull
 
+    if restart and (collection is not None or values_file is not None):
+        raise click.UsageError("--restart applies to the updated-since pull, not to "
+                               "--collection or --values-file.")
     options = dataclasses.replace(_pull_options(since, collection, values_file, types),
                                   restart=restart)
     ctx = runtime.stage_context()
@@ -181,9 +185,15 @@ def _run_lookup(runtime: Runtime, *, wait: bool, max_calls: int | None = None) -
     ctx = runtime.stage_context(progress=progress)
     _prime_progress(ctx, progress)
     try:
-        return lookup(ctx, wait=wait, max_calls=max_calls)
-    finally:
-        progress.finish()
+        try:
+            return lookup(ctx, wait=wait, max_calls=max_calls)
+        finally:
+            progress.finish()
+    except TemporaryStop as exc:
+        # A run stopped by the quota still reports what it did before the stop.
+        if exc.counts is not None:
+            _report(runtime, "lookup", exc.counts)
+        raise
 
 
 def _prime_progress(ctx: StageContext, progress: Progress) -> None:

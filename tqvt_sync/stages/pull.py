@@ -52,7 +52,8 @@ class PullOptions:
     collection: str | None = None
     values_file: str | None = None
     types: tuple[str, ...] = ()
-    # Forget the stored updated-since cursor first, so the scan starts at ``since``.
+    # Ignore the stored updated-since cursor and start at ``since``; the first
+    # committed page replaces the cursor.
     restart: bool = False
 
 
@@ -242,13 +243,13 @@ def _pull_updated_since(
     name = _cursor_name(UPDATED_SINCE, options.types)
     signpost = ctx.clock.now()
     with ctx.sessions.begin() as session:
-        stored = _load_cursor(session, name, signpost)
-        if options.restart and (stored.value or stored.page_token):
-            log_event(logger, logging.WARNING, "cursor reset by --restart", cursor=name,
-                      updated_at=(stored.value or {}).get("updated_at"))
-            stored.value, stored.page_token, stored.signpost = None, None, None
-            stored.run_id, stored.updated_at = run_id, signpost
-        position = dict(stored.value or {})
+        stored = dict(_load_cursor(session, name, signpost).value or {})
+    # --restart ignores the stored cursor. The first committed page replaces it, so
+    # a run that fails before then leaves it as it was.
+    position = {} if options.restart else stored
+    if options.restart and stored:
+        log_event(logger, logging.WARNING, "stored cursor ignored because of --restart",
+                  cursor=name, updated_at=stored.get("updated_at"))
     if not position:
         start = options.since or signpost - timedelta(hours=24)
         position = {"updated_at": format_tq_time(start), "id": 0, "ties": 0}
@@ -437,10 +438,11 @@ def _pull_descending(
     """
     with ctx.sessions.begin() as session:
         cursor = _load_cursor(session, name, signpost)
-        floor = (cursor.value or {}).get("updated_at") or format_tq_time(
+        stored = {} if options.restart else (cursor.value or {})
+        floor = stored.get("updated_at") or format_tq_time(
             options.since or signpost - timedelta(hours=24))
-        offset = int(cursor.page_token or 0)
-        newest = (cursor.value or {}).get("scan_newest") or floor
+        offset = 0 if options.restart else int(cursor.page_token or 0)
+        newest = stored.get("scan_newest") or floor
     limit = format_tq_time(signpost)
     criteria = _type_criteria(options.types)
     while not ctx.stop.is_set():
