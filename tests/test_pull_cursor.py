@@ -231,11 +231,11 @@ def test_restart_rejected_for_collection(tq, make_ctx, clock):
 def test_failed_restart_keeps_cursor(tq, make_ctx, clock):
     add_domains(tq, clock, 2, seconds_ago=600)
     pull(make_ctx(), since(clock))
-    kept = cursor(make_ctx()).value
+    before = cursor(make_ctx()).value
     ctx = make_ctx(hooks={1: outage})
     with pytest.raises(ServiceUnavailableError):
         pull(ctx, PullOptions(since=clock.now() - timedelta(hours=3), restart=True))
-    assert cursor(ctx).value == kept
+    assert cursor(ctx).value == before
 
 
 def test_restart_with_collection_is_usage_error(tmp_path):

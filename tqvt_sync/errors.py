@@ -109,7 +109,7 @@ class NotSentError(RetriableApiError):
 class TemporaryStop(TqvtError):
     """The stage stopped early for a temporary reason; a later run carries on.
 
-    ``counts`` holds the stage's counts up to the stop, when the stage set them.
+    ``counts`` contains the stage's counts up to the stop, when the stage set them.
     """
 
     exit_code = EXIT_TEMPORARY

@@ -333,8 +333,9 @@ class Ledger:
     def release(self, stamp: str) -> None:
         """Take back the booking made at ``stamp`` for a call that was never sent.
 
-        Each stamp must be released at most once. A booking older than the minute
-        window still comes off the counts of its day and month.
+        The caller releases each stamp at most once; the ledger cannot tell a repeated
+        release apart. A booking older than the minute window still comes off the
+        counts of its day and month.
         """
         with self._locked_row() as (row, now):
             if stamp in row.recent_calls:

@@ -242,8 +242,8 @@ class Lookup:
             self.ledger.block("daily", next_midnight(now))
         elif limits is not None and limits.hourly is not None and limits.used_hour is not None \
                 and limits.used_hour >= limits.hourly:
-            # NOTE: no public source says whether the hourly allowance counts the last
-            # 60 minutes or the clock hour. An hour from now is past the reset in both.
+            # NOTE: no public source documents whether the hourly allowance counts the
+            # last 60 minutes or the clock hour. An hour from now is past the reset in both.
             self.ledger.block("hourly", now + timedelta(hours=1))
         else:
             self._unexplained_429 += 1
