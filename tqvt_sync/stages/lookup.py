@@ -276,7 +276,8 @@ class Lookup:
                 self._booked_for = None
             else:
                 if self.max_calls is not None and self.counts["calls"] >= self.max_calls:
-                    # A retry would go past --max-calls; the group waits for the next run.
+                    # No call goes past --max-calls, retries included; the group waits
+                    # for the next run.
                     return None
                 stamp = self.ledger.book(on_wait=self._report_wait,
                                          should_stop=self.ctx.stop.is_set)
