@@ -458,7 +458,7 @@ def test_unreachable_virustotal_is_temporary(text_world: World) -> None:
     with pytest.raises(ServiceUnavailableError) as caught:
         world.lookup()
     assert caught.value.exit_code == 75
-    assert "rerun later" in str(caught.value)
+    assert "check VT_API_URL and the network, then rerun" in str(caught.value)
     with world.ctx.sessions() as session:
         pending = session.scalar(select(func.count()).select_from(Indicator)
                                  .where(Indicator.status == "pending"))

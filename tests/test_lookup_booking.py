@@ -82,7 +82,7 @@ def test_call_limit_books_no_extra(library):
 def test_refused_connection_releases_booking(library, clock):
     ctx, vt, _ = library
     ctx = stage_context(dataclasses.replace(ctx.settings, vt_api_url=refused_url()), clock)
-    with pytest.raises(ServiceUnavailableError):
+    with pytest.raises(ServiceUnavailableError, match="could not be reached 5 times in a row"):
         lookup(ctx)
     # Five attempts, none of which reached VirusTotal, leave nothing booked.
     assert vt_object_calls(vt) == 0

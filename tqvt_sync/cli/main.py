@@ -8,7 +8,7 @@ import sys
 import click
 
 from tqvt_sync import __version__
-from tqvt_sync.errors import EXIT_USAGE, EXIT_USER_ERROR, TqvtError
+from tqvt_sync.errors import EXIT_TEMPORARY, EXIT_USAGE, EXIT_USER_ERROR, TqvtError
 
 logger = logging.getLogger("tqvt_sync.cli")
 
@@ -91,10 +91,21 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as exc:  # the last line of defence: one sentence, no traceback with secrets
         logger.debug("unexpected error", exc_info=True)
+        if _sqlite_locked(exc):
+            click.echo("Error: the state database stayed locked by another process for "
+                       "30 s; nothing is lost, rerun when that process has finished.", err=True)
+            sys.exit(EXIT_TEMPORARY)
         click.echo(f"Error: unexpected {type(exc).__name__}: {_redacted(str(exc))}. "
                    "Rerun with --log-level DEBUG for details.", err=True)
         sys.exit(EXIT_USER_ERROR)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _sqlite_locked(exc: Exception) -> bool:
+    """Return True for SQLite's 'database is locked' after its busy timeout ran out."""
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
 
 
 def _redacted(text: str) -> str:

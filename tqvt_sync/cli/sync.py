@@ -26,7 +26,13 @@ def parse_since(text: str) -> datetime:
     match = _DURATION.match(text.strip())
     if match:
         seconds = int(match.group(1)) * _UNITS[match.group(2)]
-        return datetime.now(UTC) - timedelta(seconds=seconds)
+        try:
+            return datetime.now(UTC) - timedelta(seconds=seconds)
+        except OverflowError:
+            raise click.BadParameter(
+                f"{text!r} reaches back before the year 1; give a shorter age like 30d.",
+                param_hint="'--since'",
+            ) from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -113,6 +119,9 @@ def _pull_options(since: str | None, collection: str | None, values_file: str | 
 
     if collection is not None and values_file is not None:
         raise click.UsageError("Use either --collection or --values-file, not both.")
+    if collection is not None and not collection.strip():
+        raise click.BadParameter("give the id of a ThreatQ Data Collection, not an empty "
+                                 "value.", param_hint="'--collection'")
     return PullOptions(
         since=parse_since(since) if since else None,
         collection=collection,

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tqvt_sync.errors import ServiceUnavailableError, StateError
+from tqvt_sync.errors import ConfigError, ServiceUnavailableError, StateError
 
 BUSY_TIMEOUT_MS = 30_000
 # First key of the two-integer PostgreSQL advisory locks tqvt takes per transaction.
@@ -73,7 +73,17 @@ def _install_sqlite_events(engine: Engine) -> None:
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """Create an engine for ``url``; SQLite files are created private (mode 0600)."""
+    """Create an engine for ``url``; SQLite files are created private (mode 0600).
+
+    An in-memory SQLite database is rejected: its state would vanish with the
+    process, and every run would pull and spend VirusTotal calls again.
+    """
+    if url.strip() in ("sqlite://", "sqlite:///:memory:") or url.strip().startswith(
+            "sqlite:///:memory:?"):
+        raise ConfigError(
+            f"TQVT_DB={url} is an in-memory database, which keeps nothing between runs; "
+            "set it to a file path such as ~/.local/state/tqvt/tqvt.db."
+        )
     path = sqlite_path(url)
     if path is not None:
         _create_private_file(path)
@@ -86,8 +96,14 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         return engine
     # The claim queries rely on READ COMMITTED: each statement sees what other
     # workers committed before it started, whatever the server's default is.
-    return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
-                         isolation_level="READ COMMITTED")
+    try:
+        return create_engine(url, pool_size=pool_size, pool_pre_ping=True,
+                             isolation_level="READ COMMITTED")
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"The database driver '{exc.name}' for {display_url(url)} is not installed; "
+            "for PostgreSQL run: pip install 'tqvt[postgres]'."
+        ) from None
 
 
 def tighten_sqlite_files(engine: Engine) -> None:

@@ -300,6 +300,11 @@ class Lookup:
                           identifier=escape(group.identifier),
                           indicator_ids=list(group.indicator_ids), status=exc.status,
                           attempt=attempt, error=escape(exc))
+                if attempt >= MAX_ATTEMPTS and isinstance(exc, NotSentError):
+                    raise ServiceUnavailableError(
+                        f"VirusTotal could not be reached {attempt} times in a row ({exc}); "
+                        "check VT_API_URL and the network, then rerun."
+                    ) from None
                 if attempt >= MAX_ATTEMPTS:
                     raise ServiceUnavailableError(
                         f"VirusTotal failed {attempt} times in a row ({exc}); rerun later."
