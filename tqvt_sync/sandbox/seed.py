@@ -129,3 +129,8 @@ def _seed_virustotal(vt: VirusTotalSimulator) -> None:
     vt.mark_not_found("file", NOT_FOUND_SHA256)
     vt.add_generated("url", PHISHING_URL, malicious=8, harmless=60)
     vt.add_generated("domain", SUSPICIOUS_DOMAIN, suspicious=2, harmless=70)
+    # Public DNS resolvers without a bundled sample: a generated answer would pick a
+    # verdict from the value's digest, and a malicious Google DNS would mislead.
+    for resolver in ("8.8.4.4", "1.1.1.1", "9.9.9.9", "2001:4860:4860::8888",
+                     "2606:4700:4700::1111"):
+        vt.add_generated("ip_address", resolver, harmless=60, undetected=30)
