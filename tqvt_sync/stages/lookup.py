@@ -331,27 +331,26 @@ class Lookup:
         cached = find_fresh(session, group.kind, group.identifier, now)
         if cached is None:
             return False
-        indicators = self._claim(session, group, now)
+        connection = session.connection()
+        indicators = self._claim(connection, group, now)
         if not indicators:
             return True
         cached.hits += len(indicators)
         summary = unpack_summary(cached.summary) if cached.found else None
         self.counts["queued_writes"] += apply_answer(
-            session.connection(), self.ctx.settings, indicators, kind=cached.kind, summary=summary,
+            connection, self.ctx.settings, indicators, kind=cached.kind, summary=summary,
             expires_at=cached.expires_at, now=now)
         # A hit and a miss are both counted per identifier, so the hit rate compares
-        # like with like; the calls saved are counted per indicator.
-        add_to_counters(session.connection(),
-                        {"cache_hits": 1, "vt_calls_saved": len(indicators)})
+        # like with like. The calls saved are counted per indicator.
+        add_to_counters(connection, {"cache_hits": 1, "vt_calls_saved": len(indicators)})
         self.counts["cache_hits"] += len(indicators)
         self.counts["indicators"] += len(indicators)
         return True
 
-    def _claim(self, session: Session | Connection, group: Group, now: datetime) -> list[Any]:
+    def _claim(self, connection: Connection, group: Group, now: datetime) -> list[Any]:
         """Return the due indicators of ``group`` (id, value, type name), locked on PostgreSQL."""
         single = len(group.indicator_ids) == 1
         statement = _CLAIMS[single, not is_sqlite(self.ctx.engine)]
-        connection = session.connection() if isinstance(session, Session) else session
         return list(connection.execute(statement, {
             "indicator_ids": group.indicator_ids[0] if single else group.indicator_ids,
             "now": now,
@@ -378,7 +377,7 @@ class Lookup:
             if is_sqlite(self.ctx.engine):
                 # Release SQLite's write lock before the network call.
                 session.commit()
-            elif not self._claim(session, group, now):
+            elif not self._claim(session.connection(), group, now):
                 return True
             try:
                 answer = self.fetch(group)
@@ -448,8 +447,9 @@ class Lookup:
         settings = self.ctx.settings
         summary = summarize(group.kind, answer.data) if answer.found else None
         ttl = settings.cache_ttl if answer.found else settings.not_found_ttl
-        other_identifiers = file_hashes(answer.data) if answer.found and group.kind == "file" \
-            else []
+        other_identifiers = []
+        if answer.found and group.kind == "file":
+            other_identifiers = file_hashes(answer.data)
         cached = store_answer(connection, kind=group.kind, identifier=group.identifier,
                               summary=summary, now=now, ttl=ttl,
                               other_identifiers=other_identifiers)
