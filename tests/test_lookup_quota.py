@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -372,6 +375,17 @@ def test_retry_after_503_is_booked(tmp_path, clock):
         assert ledger_row(bench).used_today == len(bench.object_requests()) == 5
 
 
+@contextmanager
+def stopped_by_quota(tmp_path, clock, plan: QuotaPlan, files: int, prefix: str,
+                     **limits: int) -> Iterator[tuple[Any, QuotaExhaustedError]]:
+    """Yield a bench whose lookup of ``files`` files stopped on a spent quota, and its error."""
+    with lookup_bench(tmp_path, clock, plan, **limits) as bench:
+        bench.queue(file_items(files, prefix))
+        with pytest.raises(QuotaExhaustedError) as raised:
+            lookup(bench.ctx)
+        yield bench, raised.value
+
+
 @pytest.fixture
 def hourly_429(tmp_path, clock):
     """A run that meets VirusTotal's hourly 429 after 3 calls, as on a key shared with others.
@@ -380,11 +394,8 @@ def hourly_429(tmp_path, clock):
     fourth call out after three minutes.
     """
     plan = QuotaPlan(minute=4, hourly=3, daily=500, monthly=None)
-    with lookup_bench(tmp_path, clock, plan) as bench:
-        bench.queue(file_items(5, "hourly429"))
-        with pytest.raises(QuotaExhaustedError) as raised:
-            lookup(bench.ctx)
-        yield bench, raised.value
+    with stopped_by_quota(tmp_path, clock, plan, 5, "hourly429") as stopped:
+        yield stopped
 
 
 def test_hourly_429_blocks_for_an_hour(hourly_429):
@@ -394,14 +405,6 @@ def test_hourly_429_blocks_for_an_hour(hourly_429):
     assert ledger_row(bench).blocked_until == error.blocked_until == bench.clock.now() + timedelta(
         hours=1)
     assert "The VirusTotal hourly quota is spent" in str(error)
-
-
-def test_hourly_block_rerun_sends_nothing(hourly_429):
-    bench, _ = hourly_429
-    before = len(bench.vt.requests.snapshot())
-    with pytest.raises(QuotaExhaustedError):
-        lookup(bench.ctx)
-    assert len(bench.vt.requests.snapshot()) == before
 
 
 def test_hourly_block_rerun_with_wait_carries_on(hourly_429):
@@ -415,11 +418,8 @@ def test_hourly_block_rerun_with_wait_carries_on(hourly_429):
 def daily_429(tmp_path, clock):
     """A run that meets VirusTotal's daily 429 after 5 calls (the override claims 1,000)."""
     plan = QuotaPlan(minute=4, hourly=240, daily=5, monthly=None)
-    with lookup_bench(tmp_path, clock, plan, daily_limit=1000) as bench:
-        bench.queue(file_items(8, "daily429"))
-        with pytest.raises(QuotaExhaustedError) as raised:
-            lookup(bench.ctx)
-        yield bench, raised.value
+    with stopped_by_quota(tmp_path, clock, plan, 8, "daily429", daily_limit=1000) as stopped:
+        yield stopped
 
 
 def test_daily_429_persists_block(daily_429):
@@ -437,8 +437,9 @@ def test_daily_429_rejected_once(daily_429):
     assert bench.rejections()["daily"] == 1
 
 
-def test_blocked_rerun_sends_nothing(daily_429):
-    bench, _ = daily_429
+@pytest.mark.parametrize("stopped", ["daily_429", "hourly_429"])
+def test_blocked_rerun_sends_nothing(stopped, request):
+    bench, _ = request.getfixturevalue(stopped)
     before = len(bench.vt.requests.snapshot())
     with pytest.raises(QuotaExhaustedError):
         lookup(bench.ctx)
